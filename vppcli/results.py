@@ -1,0 +1,79 @@
+"""What the model hands to its users: per-frame tracked instances and per-video track summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class FrameStats:
+    """Efficiency figures of one frame (counts, not timings, unless named `*_ms`)."""
+
+    tokens_per_block: list[int]  # tokens the ViT block actually processed
+    num_tokens: int  # N, patch tokens of the frame
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def keep_ratio(self) -> float:
+        """Patch keep ratio of this frame: mean fraction of tokens processed over the blocks."""
+        return sum(self.tokens_per_block) / (len(self.tokens_per_block) * self.num_tokens)
+
+
+@dataclass
+class FrameInstances:
+    """Tracked instances of one frame, at the frame's original resolution.
+
+    track_ids: [M] int64, stable across frames of one video.
+    labels:    [M] int64, 0-based class index (category_id = label + 1).
+    scores:    [M] float32 detection scores (class prob x mask score).
+    masks:     [M, H, W] bool.
+    boxes:     [M, 4] float32 (x0, y0, x1, y1), exclusive upper corner; zeros for empty masks.
+    """
+
+    frame_index: int
+    track_ids: Tensor
+    labels: Tensor
+    scores: Tensor
+    masks: Tensor
+    boxes: Tensor
+    stats: FrameStats | None = None
+
+    def __len__(self) -> int:
+        return int(self.track_ids.numel())
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.masks.shape[-2]), int(self.masks.shape[-1])
+
+    def cpu(self) -> FrameInstances:
+        return FrameInstances(
+            self.frame_index, self.track_ids.cpu(), self.labels.cpu(), self.scores.cpu(),
+            self.masks.cpu(), self.boxes.cpu(), self.stats,
+        )
+
+    @staticmethod
+    def empty(frame_index: int, height: int, width: int, device: torch.device | str = "cpu") -> FrameInstances:
+        return FrameInstances(
+            frame_index,
+            torch.zeros(0, dtype=torch.int64, device=device),
+            torch.zeros(0, dtype=torch.int64, device=device),
+            torch.zeros(0, dtype=torch.float32, device=device),
+            torch.zeros(0, height, width, dtype=torch.bool, device=device),
+            torch.zeros(0, 4, dtype=torch.float32, device=device),
+        )
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """One video-level track: the reference's YouTube-VIS formatting rules (mean score over the
+    frames where the id appears, majority-vote class with ties to the smaller label)."""
+
+    track_id: int
+    label: int
+    score: float
+    num_frames: int
+    first_frame: int
+    last_frame: int
