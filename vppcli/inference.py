@@ -1,0 +1,159 @@
+"""Streaming inference: one `VideoState` per video, frames in order, one at a time.
+
+    predictor = VideoPredictor(model, keep_ratio=0.45)
+    state = predictor.new_video()
+    for frame in frames:                      # [H, W, 3] uint8 RGB
+        instances = predictor.step(state, frame)
+    tracks = state.tracks.summaries()
+    state.reset()                             # before the next video (or call new_video())
+
+The model holds no per-video state; everything a frame leaves for the next lives in `VideoState`
+and is bounded: the latest backbone cache, the live tracks and per-track counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vppcli.config import PreprocessConfig, VppConfig
+from vppcli.model.backbone import TemporalCache
+from vppcli.model.postprocess import detections_from_predictions
+from vppcli.model.pruning import PruningPlan, distance_prior, keep_budgets
+from vppcli.model.rovis import VppModel
+from vppcli.model.tracker import TrackAccumulator, TrackerState, track_queries, update
+from vppcli.preprocess import FrameGeometry, preprocess_frame
+from vppcli.profiling import SectionTimer, timed
+from vppcli.results import FrameInstances, FrameStats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoState:
+    """Everything that carries over between frames of one video."""
+
+    frame_index: int = 0
+    cache: TemporalCache | None = None
+    prior: Tensor | None = None  # Map-SM distance prior of `prior_grid`, reused every frame
+    prior_grid: tuple[int, int] | None = None
+    tracker: TrackerState = field(default_factory=TrackerState)
+    tracks: TrackAccumulator = field(default_factory=TrackAccumulator)
+    generator: torch.Generator | None = None  # reference-noise mode only
+    seed: int | None = None
+
+    def reset(self) -> None:
+        """Forget the video: the next frame is a first frame (and the noise restarts)."""
+        self.frame_index = 0
+        self.cache = None
+        self.prior = None
+        self.prior_grid = None
+        self.tracker.reset()
+        self.tracks.reset()
+        if self.generator is not None and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+
+    def num_bytes(self) -> int:
+        """Bytes held in tensors (for the bounded-memory checks)."""
+        tensors = [] if self.cache is None else [self.cache.keys, self.cache.values, self.cache.active]
+        if self.prior is not None:
+            tensors.append(self.prior)
+        return sum(t.numel() * t.element_size() for t in tensors) + self.tracker.num_bytes()
+
+
+class VideoPredictor:
+    """Runs a `VppModel` over video frames with VPP pruning and RoVIS tracking.
+
+    Args:
+        model: the network (eval mode).
+        keep_ratio: None = prune as trained (native); r in (0, 1] = exact per-block budgets
+            whose mean keep fraction over the ViT blocks is r (1 = dense).
+        reference_noise: add the Gumbel noise of the authors' test-time code (stochastic, but
+            reproducible through `seed`). Off by default: same input, same output.
+        device / dtype: where and in what precision to run; bf16 uses autocast.
+    """
+
+    def __init__(self, model: VppModel, keep_ratio: float | None = None, reference_noise: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 long_side: int | None = None) -> None:
+        if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
+            raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"unsupported dtype {dtype}; use float32 or bfloat16")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        if long_side is not None:
+            self.config = self.config.replace(preprocess=_with_long_side(self.config, long_side))
+        self.keep_ratio = keep_ratio
+        self.reference_noise = reference_noise
+        self.seed = seed
+        self.dtype = dtype
+
+    def new_video(self) -> VideoState:
+        generator = None
+        if self.reference_noise:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(self.seed)
+        return VideoState(generator=generator, seed=self.seed if self.reference_noise else None)
+
+    def plan_for(self, geometry: FrameGeometry, state: VideoState) -> PruningPlan:
+        budgets = None
+        if self.keep_ratio is not None and self.config.pruning.enabled:
+            fractions = self.config.pruning.trained_fractions(self.config.vit.depth)
+            height, width = geometry.grid
+            budgets = keep_budgets(fractions, self.keep_ratio, height * width)
+        return PruningPlan(budgets=budgets, generator=state.generator, tau=self.config.pruning.tau)
+
+    @torch.inference_mode()
+    def step(self, state: VideoState, frame_rgb: np.ndarray, timer: SectionTimer | None = None) -> FrameInstances:
+        """Segment and track one frame ([H, W, 3] uint8 RGB); frames must come in order."""
+        with timed(timer, "preprocess"):
+            images, geometry = preprocess_frame(frame_rgb, self.config.preprocess, self.device)
+        grid = geometry.grid
+        if self.config.pruning.enabled and state.prior_grid != grid:
+            state.prior = distance_prior(grid[0], grid[1], self.device)
+            state.prior_grid = grid
+        queries, _ = track_queries(state.tracker)
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.dtype == torch.bfloat16 else contextlib.nullcontext()
+        )
+        with autocast:
+            output = self.model(
+                images, None if queries is None else queries[None], state.cache,
+                self.plan_for(geometry, state), state.prior, timer,
+            )
+        head = output.head
+        with timed(timer, "tracker"):
+            detections = detections_from_predictions(
+                head.class_logits[0].float(), head.mask_logits[0].float(), self.config.head.num_queries,
+                geometry.padded_size, geometry.image_size, geometry.original_size, self.config.tracker,
+            )
+            instances = update(state.tracker, detections, head.query_features[0].float(),
+                               state.frame_index, self.config.tracker)
+        state.cache = output.backbone.cache
+        state.tracks.add(instances)
+        num_tokens = grid[0] * grid[1]
+        instances.stats = FrameStats(output.backbone.tokens_per_block, num_tokens)
+        state.frame_index += 1
+        return instances
+
+    def stream(self, frames: Iterable[np.ndarray], state: VideoState | None = None) -> Iterator[FrameInstances]:
+        """Lazily segment a sequence of frames of one video."""
+        state = state if state is not None else self.new_video()
+        for frame in frames:
+            yield self.step(state, frame)
+
+
+def _with_long_side(config: VppConfig, long_side: int) -> PreprocessConfig:
+    if long_side < 32:
+        raise ValueError(f"long side must be at least 32 pixels, got {long_side}")
+    return dataclasses.replace(config.preprocess, long_side=long_side)

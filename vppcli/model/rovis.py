@@ -1,0 +1,62 @@
+"""RoVIS with a VPP backbone: the network of one frame, stateless.
+
+`VppModel.forward` maps one pre-processed frame plus what the previous frame left behind (the
+backbone's temporal cache and the tracker's track queries) to head predictions and the new
+cache. The per-video bookkeeping lives in `vppcli.inference.VideoState`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from vppcli.config import VppConfig
+from vppcli.model.backbone import BackboneOutput, SelectiveViTAdapter, TemporalCache
+from vppcli.model.mask2former import HeadOutput, Mask2FormerHead
+from vppcli.model.pruning import PruningPlan
+from vppcli.profiling import SectionTimer, timed
+
+
+@dataclass
+class FrameOutput:
+    head: HeadOutput
+    backbone: BackboneOutput
+
+
+class VppModel(nn.Module):
+    def __init__(self, config: VppConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = SelectiveViTAdapter(config)
+        self.head = Mask2FormerHead(config.vit.embed_dim, config.head)
+
+    def forward(
+        self,
+        images: Tensor,
+        track_queries: Tensor | None = None,
+        cache: TemporalCache | None = None,
+        plan: PruningPlan = PruningPlan(),
+        prior: Tensor | None = None,
+        timer: SectionTimer | None = None,
+    ) -> FrameOutput:
+        """
+        Args:
+            images: [1, 3, Hp, Wp] normalised, padded frame.
+            track_queries: [1, K, C] query features of the live tracks (tracker order), or None.
+            cache: previous frame's temporal cache (None on a video's first frame).
+            plan: pruning budgets/noise for this frame.
+            prior: [N, N] Map-SM distance prior for this grid (computed if None).
+            timer: optional per-component timer.
+        """
+        backbone = self.backbone(images, cache, plan, prior, timer)
+        with timed(timer, "pixel_decoder"):
+            mask_features, memories = self.head.pixel_decoder(backbone.features)
+        with timed(timer, "transformer_decoder"):
+            head = self.head.decode_queries(mask_features, memories, track_queries)
+        return FrameOutput(head, backbone)
+
+
+def build_model(config: VppConfig) -> VppModel:
+    """A model with random weights, in eval mode."""
+    return VppModel(config).eval()
