@@ -1,0 +1,180 @@
+"""Mask2Former's multi-scale deformable-attention pixel decoder (mmdet 3.0.0rc5 structure).
+
+The three coarsest backbone maps (strides 32, 16, 8) are projected to `feat_channels`, refined
+jointly by a post-norm deformable-attention encoder, split back into maps, and the stride-4 map
+is merged in by one FPN step that produces the per-pixel mask features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vppcli.config import HeadConfig
+from vppcli.model.deform_attn import MSDeformAttn
+from vppcli.model.position_encoding import sine_position_encoding
+
+
+class FFN(nn.Module):
+    """Two-layer ReLU MLP; the residual is added by the caller."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[..., C] -> [..., C]."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ConvGN(nn.Module):
+    """Conv2d + GroupNorm, optionally followed by ReLU (mmcv `ConvModule` with GN)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, bias: bool, groups: int, relu: bool = False
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.gn = nn.GroupNorm(groups, out_channels)
+        self.act = nn.ReLU() if relu else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C_in, H, W] -> [B, C_out, H, W]."""
+        return self.act(self.gn(self.conv(x)))
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm layer: deformable self-attention over all levels, then FFN, each + residual + LN."""
+
+    def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.self_attn = MSDeformAttn(dim, num_heads, num_levels, num_points)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = FFN(dim, ffn_dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(
+        self, query: Tensor, query_pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """
+        Args:
+            query: [B, N, C] tokens of all levels; also the attention values.
+            query_pos: [B, N, C] positional + level encoding (added to the query only).
+            reference_points: [B or 1, N, 1, 2] normalised (x, y) pixel centres.
+            spatial_shapes: [(H_l, W_l)] of the levels in token order.
+        Returns:
+            [B, N, C] refined tokens.
+        """
+        # mmcv's attention residual is the query *without* its positional encoding.
+        attended = self.self_attn(query + query_pos, reference_points, query, spatial_shapes)
+        query = self.norm1(query + attended)
+        return self.norm2(query + self.ffn(query))
+
+
+class DeformableEncoder(nn.Module):
+    """Stack of `DeformableEncoderLayer`s (no final norm: the layers are post-norm)."""
+
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(
+                cfg.feat_channels,
+                cfg.num_encoder_heads,
+                cfg.num_feature_levels,
+                cfg.num_encoder_points,
+                cfg.encoder_ffn_dim,
+            )
+            for _ in range(cfg.num_encoder_layers)
+        )
+
+    def forward(
+        self, query: Tensor, query_pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """[B, N, C] tokens of all levels -> [B, N, C] (arguments as in `DeformableEncoderLayer`)."""
+        for layer in self.layers:
+            query = layer(query, query_pos, reference_points, spatial_shapes)
+        return query
+
+
+def pixel_centres(spatial_shapes: Sequence[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Normalised (x, y) centres of every pixel of every level, row-major: [1, N, 1, 2]."""
+    centres = []
+    for height, width in spatial_shapes:
+        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        centres.append(torch.stack((grid_x.flatten(), grid_y.flatten()), dim=-1))
+    return torch.cat(centres).to(dtype)[None, :, None, :]
+
+
+class MSDeformAttnPixelDecoder(nn.Module):
+    """Pixel decoder of Mask2Former. Input levels are strides 4, 8, 16, 32; the deformable
+    encoder runs on the last `cfg.num_feature_levels` of them, coarsest first."""
+
+    def __init__(self, in_channels: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        channels, groups = cfg.feat_channels, cfg.gn_groups
+        self.num_levels = cfg.num_feature_levels
+        self.input_convs = nn.ModuleList(
+            ConvGN(in_channels, channels, 1, bias=True, groups=groups) for _ in range(self.num_levels)
+        )
+        self.encoder = DeformableEncoder(cfg)
+        self.level_encoding = nn.Embedding(self.num_levels, channels)
+        self.lateral_convs = nn.ModuleList([ConvGN(in_channels, channels, 1, bias=False, groups=groups)])
+        self.output_convs = nn.ModuleList([ConvGN(channels, channels, 3, bias=False, groups=groups, relu=True)])
+        self.mask_feature = nn.Conv2d(channels, channels, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # mmdet's scheme: xavier everywhere, N(0, 1) level encoding, then the deformable
+        # attention's own initialisation on top of the generic one.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.level_encoding.weight)
+        for layer in self.encoder.layers:
+            layer.self_attn.reset_parameters()
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """
+        Args:
+            features: backbone maps [B, D, H/4, W/4], [B, D, H/8, W/8], [B, D, H/16, W/16],
+                [B, D, H/32, W/32] (H, W: padded image size).
+        Returns:
+            mask_features: [B, C, H/4, W/4] per-pixel embeddings for the mask einsum.
+            memories: encoder maps [[B, C, H/32, W/32], [B, C, H/16, W/16], [B, C, H/8, W/8]]
+                (coarsest first, the order the transformer decoder cycles through).
+        """
+        if len(features) != self.num_levels + 1:
+            raise ValueError(f"expected {self.num_levels + 1} feature maps, got {len(features)}")
+        encoder_inputs = features[::-1][: self.num_levels]  # coarsest first
+        tokens, positions, spatial_shapes = [], [], []
+        for level, feature in enumerate(encoder_inputs):
+            projected = self.input_convs[level](feature)
+            batch, channels, height, width = projected.shape
+            pos = sine_position_encoding(batch, height, width, channels // 2, projected.device, projected.dtype)
+            pos = pos + self.level_encoding.weight[level].view(1, -1, 1, 1)
+            tokens.append(projected.flatten(2).transpose(1, 2))
+            positions.append(pos.flatten(2).transpose(1, 2))
+            spatial_shapes.append((height, width))
+        query = torch.cat(tokens, dim=1)
+        reference_points = pixel_centres(spatial_shapes, query.device, query.dtype)
+        memory = self.encoder(query, torch.cat(positions, dim=1), reference_points, spatial_shapes)
+
+        memories = []
+        for level_tokens, (height, width) in zip(
+            memory.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes
+        ):
+            memories.append(level_tokens.transpose(1, 2).reshape(batch, channels, height, width))
+
+        lateral = self.lateral_convs[0](features[0])
+        merged = lateral + F.interpolate(memories[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+        mask_features = self.mask_feature(self.output_convs[0](merged))
+        return mask_features, memories
