@@ -116,14 +116,6 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def block_flops(num_tokens: int, dim: int, mlp_ratio: float) -> int:
-    """Multiply-accumulates x2 of one block on `num_tokens` tokens (LayerNorms/softmax ignored)."""
-    hidden = int(dim * mlp_ratio)
-    linear = num_tokens * (3 * dim * dim + dim * dim + 2 * dim * hidden)
-    attention = 2 * num_tokens * num_tokens * dim  # q @ k^T and attn @ v
-    return 2 * (linear + attention)
-
-
 def init_vit_weights(module: nn.Module) -> None:
     """timm's ViT init: truncated normal linears, unit LayerNorms."""
     if isinstance(module, nn.Linear):

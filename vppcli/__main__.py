@@ -1,0 +1,3 @@
+from vppcli.cli import app
+
+app(prog_name="vpp")

@@ -1,0 +1,160 @@
+"""`vpp bench`: dense vs pruned on the same weights and frames, in one process.
+
+Frames are synthetic (a textured background with moving shapes) at exactly the requested
+network size, so no resizing or padding is measured. The first `warmup` frames of the video are
+run but not timed: a video's first frame is dense up to the first selective module, and the
+first calls pay one-off allocation costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from vppcli.config import preset
+from vppcli.inference import VideoPredictor
+from vppcli.model.flops import frame_flops
+from vppcli.model.rovis import build_model
+from vppcli.profiling import SectionTimer
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("spatial_prior", "vit_blocks", "adapter", "pruning", "pixel_decoder", "transformer_decoder", "tracker")
+
+
+@dataclass
+class RunReport:
+    label: str
+    keep_ratio: float | None
+    ms_per_frame: float
+    component_ms: dict[str, float]
+    tokens_per_block: list[float]  # mean over timed frames
+    realised_keep_ratio: float
+    gflops: dict[str, float]
+    peak_memory_mb: float
+    peak_memory_kind: str
+
+
+@dataclass
+class BenchReport:
+    preset: str
+    size: tuple[int, int]
+    frames: int
+    warmup: int
+    dtype: str
+    device: str
+    threads: int
+    runs: list[RunReport] = field(default_factory=list)
+
+    def ratios(self) -> dict[str, float]:
+        """Pruned / dense ratios of the first two runs."""
+        dense, pruned = self.runs[0], self.runs[1]
+        return {
+            "token_ratio": pruned.realised_keep_ratio / dense.realised_keep_ratio,
+            "vit_time_ratio": pruned.component_ms["vit_blocks"] / dense.component_ms["vit_blocks"],
+            "vit_flops_ratio": pruned.gflops["vit_blocks"] / dense.gflops["vit_blocks"],
+            "model_speedup": dense.ms_per_frame / pruned.ms_per_frame,
+            "model_flops_speedup": dense.gflops["total"] / pruned.gflops["total"],
+        }
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["ratios"] = self.ratios()
+        return data
+
+
+def synthetic_frames(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+    """A smooth textured background with three shapes moving across it (uint8 RGB)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = np.stack([
+        127 + 60 * np.sin(xs / 37.0 + c) * np.cos(ys / 23.0 - c) for c in range(3)
+    ], -1)
+    background += rng.normal(0, 6, background.shape)
+    frames = []
+    for t in range(count):
+        frame = background.copy()
+        for k, colour in enumerate(((230, 40, 40), (40, 200, 60), (50, 80, 230))):
+            cy = int(height * (0.3 + 0.2 * k) + 0.05 * height * np.sin(t / 3 + k))
+            cx = int((0.15 + 0.25 * k) * width + 4 * t) % width
+            radius = max(4, min(height, width) // (6 + 2 * k))
+            mask = (ys - cy) ** 2 + (xs - cx) ** 2 < radius**2
+            frame[mask] = colour
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "process peak RSS"
+
+
+def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_ratio: float | None, label: str,
+         device: torch.device, dtype: torch.dtype) -> RunReport:
+    predictor = VideoPredictor(model, keep_ratio=keep_ratio, device=device, dtype=dtype,
+                               long_side=max(frames[0].shape[:2]))
+    state = predictor.new_video()
+    timer = SectionTimer(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tokens = np.zeros(model.config.vit.depth)
+    flops_total: dict[str, float] = {}
+    padded = frames[0].shape[:2]
+    for index, frame in enumerate(frames):
+        timed = index >= warmup
+        num_tracks = len(state.tracker.tracks)
+        with timer.section("total") if timed else contextlib.nullcontext():
+            instances = predictor.step(state, frame, timer if timed else None)
+        if not timed:
+            continue
+        assert instances.stats is not None
+        tokens += instances.stats.tokens_per_block
+        map_ran = instances.stats.tokens_per_block[model.config.pruning.map_block] < instances.stats.num_tokens
+        candidates = instances.stats.num_tokens if map_ran else None
+        for name, value in frame_flops(model.config, padded, instances.stats.tokens_per_block,
+                                       num_tracks, candidates).as_gflops().items():
+            flops_total[name] = flops_total.get(name, 0.0) + value
+    measured = len(frames) - warmup
+    num_tokens = (padded[0] // 16) * (padded[1] // 16)
+    mean_tokens = tokens / measured
+    peak, kind = _peak_memory(device)
+    return RunReport(
+        label=label,
+        keep_ratio=keep_ratio,
+        ms_per_frame=timer.totals_ms["total"] / measured,
+        component_ms={name: timer.totals_ms.get(name, 0.0) / measured for name in COMPONENTS},
+        tokens_per_block=[round(float(t), 1) for t in mean_tokens],
+        realised_keep_ratio=float(mean_tokens.sum() / (len(mean_tokens) * num_tokens)),
+        gflops={name: value / measured for name, value in flops_total.items()},
+        peak_memory_mb=peak,
+        peak_memory_kind=kind,
+    )
+
+
+def run_benchmark(preset_name: str, size: tuple[int, int], keep_ratio: float | None, frames: int, warmup: int = 2,
+                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", seed: int = 0) -> BenchReport:
+    """Time a random-weight preset dense (keep ratio 1) and pruned (`keep_ratio`, None = native)."""
+    height, width = size
+    if height % 32 or width % 32:
+        raise ValueError(f"size {height}x{width} must be a multiple of 32 on both sides")
+    if frames < 1:
+        raise ValueError("need at least one timed frame")
+    device = torch.device(device)
+    config = preset(preset_name)
+    torch.manual_seed(seed)
+    model = build_model(config).to(device)
+    clip = synthetic_frames(warmup + frames, height, width, seed)
+    report = BenchReport(preset_name, size, frames, warmup, str(dtype).removeprefix("torch."), str(device),
+                         torch.get_num_threads())
+    for label, ratio in (("dense", 1.0), ("pruned", keep_ratio)):
+        logger.info("running %s (%d frames)", label, warmup + frames)
+        report.runs.append(_run(model, clip, warmup, ratio, label, device, dtype))
+    return report
