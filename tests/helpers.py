@@ -11,7 +11,8 @@ import torch
 from vppcli.config import VppConfig, preset
 from vppcli.model.rovis import VppModel, build_model
 
-SHARED_DOCS = Path(__file__).resolve().parents[2] / "shared" / "docs"
+# Copies of ../shared/docs/keys_vpp_*.txt: every key and shape an official checkpoint holds.
+KEY_LISTS = Path(__file__).resolve().parent / "data"
 
 
 def moving_clip(count: int, height: int = 64, width: int = 96, seed: int = 0) -> list[np.ndarray]:

@@ -20,7 +20,7 @@ from vppcli.model.mask2former import (
 )
 from vppcli.model.position_encoding import sine_position_encoding
 
-DOCS = Path(__file__).parents[2] / "shared/docs"
+DOCS = Path(__file__).parent / "data"  # copies of ../shared/docs/keys_vpp_*.txt
 IMAGE_HW = (64, 96)
 STRIDES = (4, 8, 16, 32)
 
@@ -54,8 +54,6 @@ def official_to_ours(key: str) -> str:
 
 def official_head_shapes(name: str) -> dict[str, tuple[int, ...]]:
     path = DOCS / name
-    if not path.exists():
-        pytest.skip(f"{path} not available")
     shapes = {}
     for line in path.read_text().splitlines():
         if line.startswith("detector.panoptic_head."):

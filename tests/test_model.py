@@ -17,7 +17,7 @@ from vppcli.model.pruning import PruningPlan, keep_budgets
 from vppcli.model.rovis import build_model
 from vppcli.preprocess import frame_geometry, preprocess_frame
 
-from helpers import SHARED_DOCS, dense_twin, moving_clip
+from helpers import KEY_LISTS, dense_twin, moving_clip
 
 H, W = 64, 96  # 4 x 6 patch grid
 N = (H // 16) * (W // 16)
@@ -49,9 +49,7 @@ def test_output_shapes(name):
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_state_dict_maps_one_to_one_onto_the_official_keys(name):
-    path = SHARED_DOCS / f"keys_vpp_{name}.txt"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+    path = KEY_LISTS / f"keys_vpp_{name}.txt"
     official = {}
     for line in path.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
