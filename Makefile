@@ -16,7 +16,7 @@ $(BIN)/vpp: pyproject.toml
 install: $(BIN)/vpp
 
 demo: install
-	$(BIN)/vpp bench --preset compact --size 272x480 --frames 4 --keep-ratio 0.45
+	$(BIN)/vpp bench --preset compact --size 288x512 --frames 4 --keep-ratio 0.45
 
 test: install
 	$(BIN)/python -m pytest -q

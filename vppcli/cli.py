@@ -43,7 +43,7 @@ class Device(str, Enum):
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -86,7 +86,7 @@ def bench(
     preset: Annotated[str, typer.Option(help="Model preset with random weights: tiny, small, compact.")] = "tiny",
     size: Annotated[str, typer.Option(help="Network input HEIGHTxWIDTH (multiples of 32).")] = "544x960",
     keep_ratio: Annotated[float | None, typer.Option(
-        help="Patch keep ratio of the pruned run, in (0, 1]; omit for the trained (native) pruning.")] = 0.45,
+        help="Patch keep ratio of the pruned run, in (0, 1]; omit for the trained (native) pruning.")] = None,
     frames: Annotated[int, typer.Option(min=1, help="Timed frames per run.")] = 8,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed frames before timing (frame 0 included).")] = 2,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's choice).")] = None,

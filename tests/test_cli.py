@@ -1,0 +1,50 @@
+"""`vpp bench` through the real Typer app (small sizes; counts only, never timings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vppcli.cli import app
+
+runner = CliRunner()
+SMALL = ["bench", "--preset", "compact", "--size", "64x96", "--frames", "1", "--warmup", "1", "--threads", "1"]
+
+
+def test_bench_json_reports_dense_and_pruned_runs():
+    result = runner.invoke(app, [*SMALL, "--keep-ratio", "0.45", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    dense, pruned = report["runs"]
+    assert dense["realised_keep_ratio"] == 1.0
+    assert abs(pruned["realised_keep_ratio"] - 0.45) <= 1 / 24  # within one of 24 tokens per block
+    assert pruned["gflops"]["vit_blocks"] < dense["gflops"]["vit_blocks"]
+    assert set(dense["component_ms"]) >= {"vit_blocks", "adapter", "pixel_decoder", "transformer_decoder", "tracker"}
+    assert report["ratios"]["token_ratio"] == pytest.approx(pruned["realised_keep_ratio"])
+
+
+def test_bench_table_and_native_mode():
+    result = runner.invoke(app, SMALL)
+    assert result.exit_code == 0, result.output
+    assert "pruned (r=native)" in result.stdout and "ViT blocks: time ratio" in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["--size", "60x96"],  # not a multiple of 32
+    ["--size", "big"],
+    ["--keep-ratio", "1.5"],
+    ["--keep-ratio", "0.05"],  # below the always-dense block 0
+    ["--preset", "huge"],
+])
+def test_bad_options_fail_with_one_line_and_exit_2(args):
+    result = runner.invoke(app, [*SMALL, *args])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("vppcli ")
