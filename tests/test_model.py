@@ -67,11 +67,15 @@ def test_first_frame_is_dense_up_to_block_2_and_later_frames_follow_the_budgets(
         predictor = VideoPredictor(compact_model, keep_ratio=ratio, long_side=W)
         state = predictor.new_video()
         budgets = list(keep_budgets(compact_model.config.pruning.trained_fractions(12), ratio, N))
-        first = predictor.step(state, clip[0]).stats.tokens_per_block
-        assert first[:3] == [N, N, N]
-        assert first[3:] == budgets[3:]  # selective modules prune the first frame too
+        first = predictor.step(state, clip[0]).stats
+        assert first.tokens_per_block[:3] == [N, N, N]
+        assert first.tokens_per_block[3:] == budgets[3:]  # selective modules prune the first frame too
+        assert first.map_candidates is None  # no previous frame: no Map-SM
         for frame in clip[1:]:
-            assert predictor.step(state, frame).stats.tokens_per_block == budgets
+            stats = predictor.step(state, frame).stats
+            assert stats.tokens_per_block == budgets
+            # the Map-SM compares against the tokens active in the previous frame's cache block
+            assert stats.map_candidates == budgets[compact_model.config.pruning.cache_block]
 
 
 def test_native_mode_uses_the_trained_map_budget(compact_model):

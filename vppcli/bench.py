@@ -8,7 +8,6 @@ first calls pay one-off allocation costs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import resource
 import sys
@@ -21,7 +20,7 @@ from vppcli.config import preset
 from vppcli.inference import VideoPredictor
 from vppcli.model.flops import frame_flops
 from vppcli.model.rovis import build_model
-from vppcli.profiling import SectionTimer
+from vppcli.profiling import SectionTimer, timed
 
 logger = logging.getLogger(__name__)
 
@@ -108,22 +107,22 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
     tokens = np.zeros(model.config.vit.depth)
     flops_total: dict[str, float] = {}
     padded = frames[0].shape[:2]
+    num_tokens = 0
     for index, frame in enumerate(frames):
-        timed = index >= warmup
+        frame_timer = timer if index >= warmup else None
         num_tracks = len(state.tracker.tracks)
-        with timer.section("total") if timed else contextlib.nullcontext():
-            instances = predictor.step(state, frame, timer if timed else None)
-        if not timed:
+        with timed(frame_timer, "total"):
+            instances = predictor.step(state, frame, frame_timer)
+        if frame_timer is None:
             continue
-        assert instances.stats is not None
-        tokens += instances.stats.tokens_per_block
-        map_ran = instances.stats.tokens_per_block[model.config.pruning.map_block] < instances.stats.num_tokens
-        candidates = instances.stats.num_tokens if map_ran else None
-        for name, value in frame_flops(model.config, padded, instances.stats.tokens_per_block,
-                                       num_tracks, candidates).as_gflops().items():
+        stats = instances.stats
+        assert stats is not None
+        tokens += stats.tokens_per_block
+        num_tokens = stats.num_tokens
+        for name, value in frame_flops(model.config, padded, stats.tokens_per_block,
+                                       num_tracks, stats.map_candidates).as_gflops().items():
             flops_total[name] = flops_total.get(name, 0.0) + value
     measured = len(frames) - warmup
-    num_tokens = (padded[0] // 16) * (padded[1] // 16)
     mean_tokens = tokens / measured
     peak, kind = _peak_memory(device)
     return RunReport(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -32,9 +31,6 @@ from vppcli.model.tracker import TrackAccumulator, TrackerState, track_queries, 
 from vppcli.preprocess import FrameGeometry, preprocess_frame
 from vppcli.profiling import SectionTimer, timed
 from vppcli.results import FrameInstances, FrameStats
-
-logger = logging.getLogger(__name__)
-
 
 @dataclass
 class VideoState:
@@ -141,8 +137,8 @@ class VideoPredictor:
                                state.frame_index, self.config.tracker)
         state.cache = output.backbone.cache
         state.tracks.add(instances)
-        num_tokens = grid[0] * grid[1]
-        instances.stats = FrameStats(output.backbone.tokens_per_block, num_tokens)
+        instances.stats = FrameStats(output.backbone.tokens_per_block, grid[0] * grid[1],
+                                     output.backbone.map_candidates)
         state.frame_index += 1
         return instances
 

@@ -31,9 +31,6 @@ class SectionTimer:
             self._sync()
             self.totals_ms[name] += (time.perf_counter() - start) * 1e3
 
-    def reset(self) -> None:
-        self.totals_ms.clear()
-
 
 def timed(timer: SectionTimer | None, name: str) -> contextlib.AbstractContextManager[None]:
     """`timer.section(name)`, or a no-op when no timer is given."""

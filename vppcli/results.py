@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ class FrameStats:
 
     tokens_per_block: list[int]  # tokens the ViT block actually processed
     num_tokens: int  # N, patch tokens of the frame
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    map_candidates: int | None = None  # previous-frame tokens the Map-SM compared against
 
     @property
     def keep_ratio(self) -> float:

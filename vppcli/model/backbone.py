@@ -53,11 +53,13 @@ class TemporalCache:
 class BackboneOutput:
     """features: [f1, f2, f3, f4], each [1, D, Hp/s, Wp/s] for strides s = 4, 8, 16, 32.
     cache: the temporal prior for the next frame (None when pruning is disabled).
-    tokens_per_block: tokens each ViT block processed."""
+    tokens_per_block: tokens each ViT block processed.
+    map_candidates: previous-frame tokens the Map-SM compared against (None: it did not run)."""
 
     features: list[Tensor]
     cache: TemporalCache | None
     tokens_per_block: list[int]
+    map_candidates: int | None = None
 
 
 class SelectiveViTAdapter(nn.Module):
@@ -132,8 +134,11 @@ class SelectiveViTAdapter(nn.Module):
             x = x + resize_pos_embed(self.pos_embed, self.config.vit.pretrain_grid, height, width)
         num_tokens = height * width
         grid = (height, width)
-        if pruning.enabled and cache is not None and cache.usable_for(grid) and prior is None:
-            prior = distance_prior(height, width, images.device)
+        map_candidates = None
+        if pruning.enabled and cache is not None and cache.usable_for(grid):
+            map_candidates = int(cache.active.sum())
+            if prior is None:
+                prior = distance_prior(height, width, images.device)
 
         mask: Tensor | None = None  # None: every token active
         active_indices: Tensor | None = None
@@ -170,7 +175,7 @@ class SelectiveViTAdapter(nn.Module):
         if pruning.enabled:
             assert keys is not None and values is not None and cache_active is not None
             new_cache = TemporalCache(keys, values, cache_active, grid)
-        return BackboneOutput(features, new_cache, tokens_per_block)
+        return BackboneOutput(features, new_cache, tokens_per_block, map_candidates)
 
     def _decide(self, block_index: int, x: Tensor, mask: Tensor | None, cache: TemporalCache | None,
                 plan: PruningPlan, prior: Tensor | None, grid: tuple[int, int]) -> Tensor | None:
