@@ -11,6 +11,7 @@ from torch import Tensor
 from vppcli.config import TrackerConfig
 from vppcli.model.postprocess import Detections, mask_boxes
 from vppcli.model.tracker import (
+    FIRST_TRACK_ID,
     TrackAccumulator,
     TrackerState,
     mask_iou,
@@ -62,23 +63,23 @@ def step(
 def test_persistent_object_keeps_its_id_and_new_object_gets_a_new_one() -> None:
     state = TrackerState()
     out = step(state, 0, (3, 7, 0.9, square(2, 2)))
-    assert out.track_ids.tolist() == [0]
+    assert out.track_ids.tolist() == [1]
     assert out.labels.tolist() == [7]
     assert out.boxes.tolist() == [[2, 2, 12, 12]]
     queries, ids = track_queries(state)
-    assert ids == [0]
+    assert ids == [1]
     assert torch.equal(queries, features(0, 0)[3:4])
 
-    # Frame 1: the square moved and is found by track query 0; a second object appears.
+    # Frame 1: the square moved and is found by the query of track 1; a second object appears.
     out = step(state, 1, (NUM_STATIC + 0, 7, 0.8, square(4, 5)), (2, 1, 0.6, square(25, 30)))
-    assert out.track_ids.tolist() == [0, 1]
+    assert out.track_ids.tolist() == [1, 2]
     assert out.frame_index == 1
     assert torch.equal(out.masks[0], square(4, 5))
     queries, ids = track_queries(state)
-    assert ids == [0, 1]
+    assert ids == [1, 2]
     assert torch.equal(queries[0], features(1, 1)[NUM_STATIC])  # updated embedding
     assert torch.equal(queries[1], features(1, 1)[2])
-    assert state.tracks[0].last_frame == 1 and state.tracks[0].box.tolist() == [5, 4, 15, 14]
+    assert state.tracks[1].last_frame == 1 and state.tracks[1].box.tolist() == [5, 4, 15, 14]
 
 
 def test_new_duplicate_of_an_existing_track_is_suppressed_never_the_track() -> None:
@@ -86,19 +87,19 @@ def test_new_duplicate_of_an_existing_track_is_suppressed_never_the_track() -> N
     step(state, 0, (0, 0, 0.9, square(5, 5)))
     # IoU(square(5, 5), square(6, 6)) = 81 / 119 > 0.4; the new one even scores higher.
     out = step(state, 1, (NUM_STATIC, 0, 0.5, square(5, 5)), (4, 0, 0.95, square(6, 6)))
-    assert out.track_ids.tolist() == [0]
+    assert out.track_ids.tolist() == [1]
     assert out.scores.tolist() == [0.5]
-    assert list(state.tracks) == [0]
-    # The suppressed detection used up id 1: ids are drawn before the NMS, as in the reference.
+    assert list(state.tracks) == [1]
+    # The suppressed detection used up id 2: ids are drawn before the NMS, as in the reference.
     out = step(state, 2, (NUM_STATIC, 0, 0.9, square(5, 5)), (1, 2, 0.9, square(28, 30)))
-    assert out.track_ids.tolist() == [0, 2]
+    assert out.track_ids.tolist() == [1, 3]
 
 
 def test_new_detections_suppress_each_other_but_not_below_threshold() -> None:
     state = TrackerState()
     # IoU(square(0, 0), square(0, 3)) = 70 / 130 > 0.4; square(0, 5) vs square(0, 0) = 50/150 < 0.4.
     out = step(state, 0, (0, 0, 0.9, square(0, 0)), (1, 0, 0.8, square(0, 3)), (2, 0, 0.7, square(0, 5)))
-    assert out.track_ids.tolist() == [0, 2]
+    assert out.track_ids.tolist() == [1, 3]
 
 
 def test_track_nms_keeps_the_better_of_a_query_seen_twice() -> None:
@@ -106,24 +107,24 @@ def test_track_nms_keeps_the_better_of_a_query_seen_twice() -> None:
     step(state, 0, (0, 0, 0.9, square(5, 5)))
     # One track query with two labels: identical masks, IoU 1 > 0.7.
     out = step(state, 1, (NUM_STATIC, 3, 0.6, square(5, 5)), (NUM_STATIC, 4, 0.3, square(5, 5)))
-    assert out.track_ids.tolist() == [0]
+    assert out.track_ids.tolist() == [1]
     assert out.labels.tolist() == [3]
-    assert state.tracks[0].label == 3
+    assert state.tracks[1].label == 3
 
 
 def test_low_score_continuation_keeps_the_old_embedding() -> None:
     state = TrackerState()
     step(state, 0, (0, 0, 0.9, square(5, 5)), (1, 1, 0.9, square(25, 30)))
     old = track_queries(state)[0].clone()
-    # Both continue; track 0 below query_update_threshold (0.3), track 1 above it.
+    # Both continue; track 1 below query_update_threshold (0.3), track 2 above it.
     out = step(state, 1, (NUM_STATIC, 0, 0.28, square(6, 6)), (NUM_STATIC + 1, 1, 0.5, square(26, 30)))
-    assert out.track_ids.tolist() == [1, 0]
+    assert out.track_ids.tolist() == [2, 1]
     queries, ids = track_queries(state)
-    assert ids == [0, 1]
+    assert ids == [1, 2]
     assert torch.equal(queries[0], old[0])
     assert torch.equal(queries[1], features(1, 2)[NUM_STATIC + 1])
     # The rest of the memory is still updated.
-    assert state.tracks[0].score == pytest.approx(0.28) and state.tracks[0].last_frame == 1
+    assert state.tracks[1].score == pytest.approx(0.28) and state.tracks[1].last_frame == 1
 
 
 def test_unseen_track_is_removed_after_num_frames_retain() -> None:
@@ -132,10 +133,10 @@ def test_unseen_track_is_removed_after_num_frames_retain() -> None:
     step(state, 0, (0, 0, 0.9, square(0, 0)), (1, 1, 0.9, square(25, 30)), config=config)
     for frame in (1, 2):
         step(state, frame, (NUM_STATIC + 1, 1, 0.9, square(25, 30)), config=config)
-        assert track_queries(state)[1] == [0, 1]  # 0 is absent but still queried
+        assert track_queries(state)[1] == [1, 2]  # 1 is absent but still queried
     step(state, 3, (NUM_STATIC + 1, 1, 0.9, square(25, 30)), config=config)
     queries, ids = track_queries(state)
-    assert ids == [1]
+    assert ids == [2]
     assert queries.shape == (1, DIM)
 
 
@@ -147,24 +148,24 @@ def test_frame_without_detections_returns_empty_and_leaves_memory() -> None:
     for frame in range(1, 6):
         out = step(state, frame, config=config)
         assert len(out) == 0 and out.masks.shape == (0, *SIZE) and out.frame_index == frame
-    assert state.tracks == before and state.next_id == 1  # stale, but only removed on update
+    assert state.tracks == before and state.next_id == 2  # stale, but only removed on update
     step(state, 6, (3, 0, 0.9, square(25, 30)), config=config)
-    assert list(state.tracks) == [1]
+    assert list(state.tracks) == [2]
 
 
 def test_track_query_order_is_insertion_order() -> None:
     state = TrackerState()
     step(state, 0, (0, 0, 0.5, square(0, 0)), (1, 0, 0.9, square(0, 20)), (2, 0, 0.7, square(25, 0)))
-    assert track_queries(state)[1] == [0, 1, 2]  # ids follow the score order of new detections
+    assert track_queries(state)[1] == [1, 2, 3]  # ids follow the score order of new detections
     out = step(
         state, 1,
         (NUM_STATIC + 2, 0, 0.9, square(25, 0)),
         (NUM_STATIC + 0, 0, 0.8, square(0, 0)),
         (5, 0, 0.6, square(25, 30)),
     )
-    assert out.track_ids.tolist() == [2, 0, 3]
+    assert out.track_ids.tolist() == [3, 1, 4]
     queries, ids = track_queries(state)
-    assert ids == [0, 1, 2, 3]
+    assert ids == [1, 2, 3, 4]
     expected = features(1, 3)
     assert torch.equal(queries[0], expected[NUM_STATIC + 0])
     assert torch.equal(queries[2], expected[NUM_STATIC + 2])
@@ -192,7 +193,7 @@ def test_reset() -> None:
     state = TrackerState()
     step(state, 0, (0, 0, 0.9, square(0, 0)))
     state.reset()
-    assert track_queries(state) == (None, []) and state.next_id == 0
+    assert track_queries(state) == (None, []) and state.next_id == FIRST_TRACK_ID == 1
 
 
 def test_mask_iou_is_exact_and_empty_pairs_overlap_fully() -> None:

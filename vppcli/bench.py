@@ -106,11 +106,9 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
         torch.cuda.reset_peak_memory_stats(device)
     tokens = np.zeros(model.config.vit.depth)
     flops_total: dict[str, float] = {}
-    padded = frames[0].shape[:2]
     num_tokens = 0
     for index, frame in enumerate(frames):
         frame_timer = timer if index >= warmup else None
-        num_tracks = len(state.tracker.tracks)
         with timed(frame_timer, "total"):
             instances = predictor.step(state, frame, frame_timer)
         if frame_timer is None:
@@ -119,8 +117,8 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
         assert stats is not None
         tokens += stats.tokens_per_block
         num_tokens = stats.num_tokens
-        for name, value in frame_flops(model.config, padded, stats.tokens_per_block,
-                                       num_tracks, stats.map_candidates).as_gflops().items():
+        for name, value in frame_flops(model.config, stats.padded_size, stats.tokens_per_block,
+                                       stats.num_track_queries, stats.map_candidates).as_gflops().items():
             flops_total[name] = flops_total.get(name, 0.0) + value
     measured = len(frames) - warmup
     mean_tokens = tokens / measured

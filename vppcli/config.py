@@ -135,12 +135,18 @@ class VppConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     class_names: tuple[str, ...] = YTVIS_2021_CLASSES
+    # Dataset category id of each class (label i -> category_ids[i]); empty means 1..num_classes.
+    category_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.head.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names for a head with {self.head.num_classes} classes"
             )
+        if not self.category_ids:
+            object.__setattr__(self, "category_ids", tuple(range(1, self.head.num_classes + 1)))
+        if len(self.category_ids) != self.head.num_classes or len(set(self.category_ids)) != len(self.category_ids):
+            raise ValueError(f"need {self.head.num_classes} distinct category ids, got {self.category_ids}")
         if self.vit.embed_dim % self.vit.num_heads:
             raise ValueError("embed_dim must be divisible by num_heads")
         p = self.pruning

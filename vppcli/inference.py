@@ -118,6 +118,7 @@ class VideoPredictor:
             state.prior = distance_prior(grid[0], grid[1], self.device)
             state.prior_grid = grid
         queries, _ = track_queries(state.tracker)
+        num_track_queries = 0 if queries is None else int(queries.shape[0])
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.dtype == torch.bfloat16 else contextlib.nullcontext()
@@ -138,7 +139,7 @@ class VideoPredictor:
         state.cache = output.backbone.cache
         state.tracks.add(instances)
         instances.stats = FrameStats(output.backbone.tokens_per_block, grid[0] * grid[1],
-                                     output.backbone.map_candidates)
+                                     output.backbone.map_candidates, geometry.padded_size, num_track_queries)
         state.frame_index += 1
         return instances
 

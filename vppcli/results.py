@@ -15,6 +15,8 @@ class FrameStats:
     tokens_per_block: list[int]  # tokens the ViT block actually processed
     num_tokens: int  # N, patch tokens of the frame
     map_candidates: int | None = None  # previous-frame tokens the Map-SM compared against
+    padded_size: tuple[int, int] = (0, 0)  # (Hp, Wp) network input, for `flops.frame_flops`
+    num_track_queries: int = 0  # track queries fed to the decoder this frame
 
     @property
     def keep_ratio(self) -> float:

@@ -35,6 +35,9 @@ from vppcli.config import TrackerConfig
 from vppcli.model.postprocess import Detections
 from vppcli.results import FrameInstances, TrackSummary
 
+# The reference counts from 0; we count from 1 so that 0 can mean background in PNG masks.
+FIRST_TRACK_ID = 1
+
 # Pixels per chunk of the IoU matmul: float32 sums of 0/1 values are exact below 2**24.
 _IOU_CHUNK_ELEMENTS = 1 << 24
 
@@ -64,12 +67,12 @@ class TrackerState:
     tracks, never by the number of frames.
     """
 
-    next_id: int = 0
+    next_id: int = FIRST_TRACK_ID
     tracks: dict[int, Track] = field(default_factory=dict)
 
     def reset(self) -> None:
-        """Forget every track and restart ids at 0 (first frame of a video)."""
-        self.next_id = 0
+        """Forget every track and restart ids (first frame of a video)."""
+        self.next_id = FIRST_TRACK_ID
         self.tracks.clear()
 
     def num_bytes(self) -> int:

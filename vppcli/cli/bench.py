@@ -1,84 +1,26 @@
-"""The `vpp` command line: thin Typer commands over the Python API. Only this module prints."""
+"""`vpp bench`: dense vs pruned timing of one preset on a synthetic clip."""
 
 from __future__ import annotations
 
 import json
-import logging
-from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
 import torch
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
-from vppcli import __version__
+from vppcli.cli.app import DType, Device, app, fail, resolve_device, stdout
 
 if TYPE_CHECKING:
     from vppcli.bench import BenchReport
-
-app = typer.Typer(
-    name="vpp",
-    help="Fast video instance segmentation with Video Patch Pruning (VPP).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-stdout = Console()
-stderr = Console(stderr=True)
-
-EXIT_USAGE = 2
-
-
-class DType(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise _fail(f"--size must look like HEIGHTxWIDTH (e.g. 544x960), got {text!r}") from None
+        raise fail(f"--size must look like HEIGHTxWIDTH (e.g. 544x960), got {text!r}") from None
     return height, width
-
-
-def _resolve_device(device: Device) -> torch.device:
-    if device is Device.auto:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise _fail("--device cuda was asked for but no CUDA device is available")
-    return torch.device(device.value)
-
-
-def _version_callback(value: bool) -> None:
-    if value:
-        stdout.print(f"vppcli {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
-) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-        handlers=[RichHandler(console=stderr, show_time=False, show_path=False)],
-    )
 
 
 @app.command()
@@ -100,12 +42,12 @@ def bench(
     height, width = _parse_size(size)
     if threads is not None:
         torch.set_num_threads(threads)
-    torch_dtype = torch.bfloat16 if dtype is DType.bf16 else torch.float32
+    torch_dtype = dtype.torch_dtype
     try:
         report = run_benchmark(preset, (height, width), keep_ratio, frames, warmup, torch_dtype,
-                               _resolve_device(device))
+                               resolve_device(device))
     except ValueError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     if as_json:
         stdout.print_json(json.dumps(report.to_dict()))
         return

@@ -1,0 +1,9 @@
+"""The `vpp` command line: thin Typer commands over the Python API. Only this package prints.
+
+Each command lives in its own module and registers itself on `app` when imported here.
+"""
+
+from vppcli.cli import bench  # noqa: F401  (registers `vpp bench`)
+from vppcli.cli.app import app
+
+__all__ = ["app"]

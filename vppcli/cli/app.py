@@ -1,0 +1,82 @@
+"""The Typer app, the two consoles and what every command shares. Only `vppcli.cli` prints."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from vppcli import __version__
+from vppcli.errors import EXIT_CODES_HELP, EXIT_USAGE, VppError
+
+app = typer.Typer(
+    name="vpp",
+    help=f"Fast video instance segmentation with Video Patch Pruning (VPP).\n\n{EXIT_CODES_HELP}",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Requested data only goes to stdout; progress, logs and errors go to stderr.
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+
+
+class DType(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self is DType.bf16 else torch.float32
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def error_line(message: str) -> None:
+    """Print one error line on stderr (never wrapped, so scripts can grep it)."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Report `message` and return the exit to raise: `raise fail(...)`."""
+    error_line(message)
+    return typer.Exit(code)
+
+
+def fail_with(error: VppError) -> typer.Exit:
+    return fail(str(error), error.exit_code)
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device is Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise fail("--device cuda was asked for but no CUDA device is available")
+    return torch.device(device.value)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"vppcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details to stderr.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s", force=True,
+        handlers=[RichHandler(console=stderr, show_time=False, show_path=False)],
+    )
