@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vppcli.results import FrameInstances, TrackSummary
+from vppcli.results import FrameInstances
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class FrameRecord:
     index: frame index in the source video (original numbering, also with --start/--stride).
     timestamp: seconds from the start of the source video.
     image: [H, W, 3] uint8 RGB, the original frame.
-    instances: the tracked instances to write (on the CPU, already filtered).
+    instances: the tracked instances to write (on the CPU, already filtered by score/class);
+        `instances.frame_index` counts processed frames (0, 1, 2, ...), `index` is the source's.
     """
 
     index: int
@@ -57,7 +58,7 @@ class FrameRecord:
 class OutputWriter(Protocol):
     def write_frame(self, record: FrameRecord) -> None: ...
 
-    def close(self, tracks: list[TrackSummary]) -> list[Path]:
+    def close(self) -> list[Path]:
         """Finish and commit; returns the files (or directories) written."""
         ...
 
