@@ -1,0 +1,89 @@
+"""One small reader interface over videos, frame directories and images.
+
+Every source yields `Frame`s one at a time (never a whole video in memory) and describes itself
+with a `VideoInfo`. Problems the user can fix raise `InputError` with a one-line message naming
+the input (and the frame, for decode errors in the middle of a stream).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+
+from vppcli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """name: a short name for outputs (file stem or directory name); path: the input as given;
+    num_frames: frames in the source (as reported by the container for videos); fps: frames per
+    second of the source; height/width: frame size; backend: which reader decodes it."""
+
+    name: str
+    path: str
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    backend: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    """index: position in the source (0-based); timestamp: seconds from the start of the source;
+    image: [H, W, 3] uint8 RGB."""
+
+    index: int
+    timestamp: float
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    """Which frames to process: from `start`, every `stride`-th, at most `max_frames` of them."""
+
+    start: int = 0
+    max_frames: int | None = None
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            raise UsageError(f"--start must be >= 0, got {self.start}")
+        if self.stride < 1:
+            raise UsageError(f"--stride must be >= 1, got {self.stride}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UsageError(f"--max-frames must be >= 1, got {self.max_frames}")
+
+    def indices(self, num_frames: int) -> range:
+        """Source indices to process for a source of `num_frames` frames."""
+        stop = num_frames
+        if self.max_frames is not None:
+            stop = min(stop, self.start + self.max_frames * self.stride)
+        return range(self.start, max(stop, self.start), self.stride)
+
+    def count(self, num_frames: int) -> int:
+        return len(self.indices(num_frames))
+
+
+class FrameSource(abc.ABC):
+    """A video-like sequence of RGB frames. Use as a context manager, or call `close()`."""
+
+    info: VideoInfo
+
+    @abc.abstractmethod
+    def frames(self, selection: FrameSelection = FrameSelection()) -> Iterator[Frame]:
+        """Decode the selected frames in order, one at a time."""
+
+    def close(self) -> None:
+        """Release the decoder (idempotent)."""
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
