@@ -1,0 +1,92 @@
+"""Output writers of `vpp segment`: one writer per format and video.
+
+Per video directory: `overlay.mp4`, `ytvis.json`, `coco.json`, `masks/`; `jsonl` goes to a
+text stream. Every file appears atomically at `close()` (see `atomic.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from vppcli.errors import UsageError
+from vppcli.outputs.atomic import ensure_output_dir
+from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
+from vppcli.outputs.coco import CocoWriter
+from vppcli.outputs.jsonl import JsonlWriter
+from vppcli.outputs.overlay import OverlayWriter
+from vppcli.outputs.png_masks import PngMaskWriter
+from vppcli.outputs.ytvis import YtvisCollector, YtvisWriter
+
+FORMATS = ("overlay", "ytvis", "coco", "png", "jsonl")
+FILE_NAMES = {"overlay": "overlay.mp4", "ytvis": "ytvis.json", "coco": "coco.json", "png": "masks"}
+
+__all__ = [
+    "FILE_NAMES",
+    "FORMATS",
+    "CocoWriter",
+    "FrameRecord",
+    "JsonlWriter",
+    "OutputWriter",
+    "OverlayWriter",
+    "PngMaskWriter",
+    "VideoMeta",
+    "YtvisCollector",
+    "YtvisWriter",
+    "open_writers",
+    "parse_formats",
+]
+
+
+def parse_formats(values: list[str]) -> tuple[str, ...]:
+    """Format names from repeated and/or comma-separated values, deduplicated, in given order.
+
+    Raises:
+        UsageError: an unknown name (named, with the valid ones).
+    """
+    names: list[str] = []
+    for value in values:
+        for name in (part.strip().lower() for part in value.split(",")):
+            if not name:
+                continue
+            if name not in FORMATS:
+                raise UsageError(f"unknown output format {name!r}; choose from {', '.join(FORMATS)}")
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def _open_writer(name: str, meta: VideoMeta, video_dir: Path, stream: TextIO) -> OutputWriter:
+    if name == "jsonl":
+        return JsonlWriter(meta, stream)
+    path = video_dir / FILE_NAMES[name]
+    if name == "overlay":
+        return OverlayWriter(meta, path)
+    if name == "ytvis":
+        return YtvisWriter(meta, path)
+    if name == "coco":
+        return CocoWriter(meta, path)
+    return PngMaskWriter(path)
+
+
+def open_writers(formats: Sequence[str], meta: VideoMeta, video_dir: Path, stream: TextIO) -> list[OutputWriter]:
+    """The writers of one video, in the order of `formats`.
+
+    `video_dir` is created when a format writes files (not for `jsonl` alone). If one writer
+    cannot be created, those already created are aborted.
+
+    Raises:
+        OutputError: `video_dir` cannot be created or written to, or an encoder is missing.
+    """
+    if any(name != "jsonl" for name in formats):
+        ensure_output_dir(video_dir)
+    writers: list[OutputWriter] = []
+    try:
+        for name in formats:
+            writers.append(_open_writer(name, meta, video_dir, stream))
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    return writers
