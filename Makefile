@@ -15,8 +15,12 @@ $(BIN)/vpp: pyproject.toml
 
 install: $(BIN)/vpp
 
-demo: install
-	$(BIN)/vpp bench --preset compact --size 288x512 --frames 4 --keep-ratio 0.45
+examples/clip.mp4: examples/make_clip.py | $(BIN)/vpp
+	$(BIN)/python examples/make_clip.py $@ --frames 48 --size 360x640 --fps 24
+
+# Random weights until the bundled model ships: the whole pipeline runs, the masks mean nothing.
+demo: install examples/clip.mp4
+	$(BIN)/vpp segment examples/clip.mp4 --preset compact --keep-ratio 0.45 --size 384 -f overlay,ytvis -o runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -25,4 +29,4 @@ bench: install
 	$(BIN)/vpp bench --preset tiny --size 544x960 --keep-ratio 0.45 --frames 8
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info runs examples/clip.mp4

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from vppcli.config import preset
 from vppcli.model.rovis import VppModel, build_model
+
 
 @pytest.fixture(scope="session")
 def compact_model() -> VppModel:
@@ -16,3 +19,14 @@ def compact_model() -> VppModel:
 def tiny_model() -> VppModel:
     torch.manual_seed(0)
     return build_model(preset("tiny"))
+
+
+@pytest.fixture(scope="session")
+def detecting_model() -> VppModel:
+    """Random compact weights with the tracker's score thresholds at 0, so that the untrained
+    model still produces tracks (a few per frame) for the end-to-end output tests."""
+    config = preset("compact")
+    config = config.replace(tracker=dataclasses.replace(config.tracker, track_score_threshold=0.0,
+                                                        new_score_threshold=0.0))
+    torch.manual_seed(0)
+    return build_model(config)

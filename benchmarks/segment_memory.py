@@ -1,0 +1,83 @@
+"""Peak memory of `vpp segment` vs video length: must not grow with the number of frames.
+
+    python benchmarks/segment_memory.py --frames 200 2000 --json benchmarks/results/segment_memory.json
+
+For each length it generates a clip (examples/make_clip.py), runs `vpp segment` on it in a fresh
+process writing every file format, and reads that process's peak RSS from the kernel (through
+an intermediate process whose only child it is, so the figure is exactly the segment run's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(command: list[str]) -> None:
+    """Child mode: run `command`, print its peak RSS in MiB and wall time as JSON."""
+    started = time.perf_counter()
+    completed = subprocess.run(command, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise SystemExit(f"command failed with exit code {completed.returncode}: {' '.join(command)}")
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2**20
+    print(json.dumps({"peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1)}))
+
+
+def run_length(frames: int, args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    clip = workdir / f"clip_{frames}.mp4"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "make_clip.py"), str(clip), "--frames", str(frames),
+                    "--size", args.size], check=True)
+    segment = [sys.executable, "-m", "vppcli", "segment", str(clip), "--preset", args.preset, "--size",
+               str(args.long_side), "--format", args.formats, "-o", str(workdir / "out"), "--quiet",
+               "--device", "cpu", "--threads", str(args.threads)]
+    if args.keep_ratio is not None:
+        segment += ["--keep-ratio", str(args.keep_ratio)]
+    child = subprocess.run([sys.executable, __file__, "--measure", "--", *segment],
+                           check=True, capture_output=True, text=True)
+    figures = json.loads(child.stdout)
+    return {"frames": frames, **figures, "frames_per_second": round(frames / figures["seconds"], 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--frames", type=int, nargs="+", default=[200, 2000])
+    parser.add_argument("--size", default="96x160", help="clip HEIGHTxWIDTH")
+    parser.add_argument("--long-side", type=int, default=160, help="network input long side")
+    parser.add_argument("--preset", default="compact")
+    parser.add_argument("--keep-ratio", type=float, default=0.45)
+    parser.add_argument("--formats", default="overlay,ytvis,coco,png")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(args.command)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [run_length(frames, args, Path(tmp)) for frames in args.frames]
+    report = {
+        "benchmark": "segment_memory",
+        "machine": f"{platform.machine()}, {platform.system()}, python {platform.python_version()}",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("measure", "command", "json")},
+        "runs": runs,
+    }
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""`Segmenter`: the Python API behind `vpp segment` (and `vpp eval`).
+
+    segmenter = Segmenter.from_weights("model.safetensors", keep_ratio=0.45)
+    result = segmenter.segment("clip.mp4", formats=("overlay", "ytvis"), output_dir="runs/segment/clip")
+    for item in segmenter.stream("clip.mp4"):          # or consume frames yourself
+        print(item.index, item.timestamp, len(item.instances))
+
+Each `stream`/`segment` call is one video with a fresh `VideoState`; the segmenter itself keeps
+no per-video state, so one instance serves any number of videos in sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+
+from vppcli.config import VppConfig
+from vppcli.errors import UsageError
+from vppcli.inference import VideoPredictor
+from vppcli.model.flops import frame_flops
+from vppcli.model.rovis import VppModel
+from vppcli.model.tracker import TrackAccumulator
+from vppcli.outputs import open_writers
+from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
+from vppcli.results import FrameInstances, TrackSummary
+from vppcli.video import FrameSelection, FrameSource, open_source
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentedFrame:
+    """index/timestamp: position of the frame in the source; image: [H, W, 3] uint8 RGB;
+    instances: tracked instances on the CPU, after the score/class filters."""
+
+    index: int
+    timestamp: float
+    image: np.ndarray
+    instances: FrameInstances
+
+
+@dataclass
+class VideoResult:
+    """What one video run produced: counts, efficiency and the files written."""
+
+    name: str
+    source: str
+    video_id: int = 1
+    frames: int = 0
+    seconds: float = 0.0
+    keep_ratio_sum: float = 0.0
+    gflops_sum: float = 0.0
+    tracks: list[TrackSummary] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def keep_ratio(self) -> float:
+        """Realised patch keep ratio, averaged over the processed frames."""
+        return self.keep_ratio_sum / self.frames if self.frames else 0.0
+
+    @property
+    def gflops_per_frame(self) -> float:
+        return self.gflops_sum / self.frames if self.frames else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "video_id": self.video_id,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 3),
+            "keep_ratio": round(self.keep_ratio, 4),
+            "gflops_per_frame": round(self.gflops_per_frame, 3),
+            "tracks": len(self.tracks),
+            "outputs": [str(p) for p in self.outputs],
+        }
+
+
+class Segmenter:
+    """Segments, classifies and tracks the objects of videos with a VPP model.
+
+    Args:
+        model: the network (see `vppcli.checkpoints.load_model` or `build_model`).
+        keep_ratio: None = prune as trained; r in (0, 1] = exact patch keep ratio r (1 = dense).
+        score_threshold: drop instances scoring below this from the outputs (tracking still sees
+            them, so ids stay stable).
+        classes: keep only these class names in the outputs (None = all).
+        device / dtype / long_side / reference_noise / seed: see `VideoPredictor`.
+    """
+
+    def __init__(self, model: VppModel, *, keep_ratio: float | None = None, score_threshold: float = 0.0,
+                 classes: Sequence[str] | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, long_side: int | None = None,
+                 reference_noise: bool = False, seed: int = 0) -> None:
+        if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
+            raise UsageError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
+        if not 0.0 <= score_threshold <= 1.0:
+            raise UsageError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+        try:
+            self.predictor = VideoPredictor(model, keep_ratio, reference_noise, seed, device, dtype, long_side)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        self.score_threshold = score_threshold
+        self.class_labels = self._labels_of(classes)
+
+    @classmethod
+    def from_weights(cls, weights: str | Path, **options: object) -> Segmenter:
+        """Load a checkpoint (path or registered name) and wrap it."""
+        from vppcli.checkpoints import load_model
+
+        device = options.get("device", "cpu")
+        return cls(load_model(weights, device=device), **options)  # type: ignore[arg-type]
+
+    @property
+    def model(self) -> VppModel:
+        return self.predictor.model
+
+    @property
+    def config(self) -> VppConfig:
+        """The model's config with this segmenter's input size applied."""
+        return self.predictor.config
+
+    def _labels_of(self, classes: Sequence[str] | None) -> torch.Tensor | None:
+        if classes is None:
+            return None
+        names = self.config.class_names
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise UsageError(f"unknown class name(s) {', '.join(unknown)}; the model knows: {', '.join(names)}")
+        return torch.tensor(sorted({names.index(c) for c in classes}), dtype=torch.int64)
+
+    def _filtered(self, instances: FrameInstances) -> FrameInstances:
+        keep = instances.scores >= self.score_threshold
+        if self.class_labels is not None:
+            keep &= torch.isin(instances.labels, self.class_labels)
+        if bool(keep.all()):
+            return instances
+        return FrameInstances(
+            instances.frame_index, instances.track_ids[keep], instances.labels[keep], instances.scores[keep],
+            instances.masks[keep], instances.boxes[keep], instances.stats,
+        )
+
+    def stream(self, source: str | Path | FrameSource,
+               selection: FrameSelection = FrameSelection()) -> Iterator[SegmentedFrame]:
+        """Segment the selected frames of one video, lazily, one frame at a time."""
+        owned = not isinstance(source, FrameSource)
+        frames_source = open_source(source) if owned else source
+        try:
+            state = self.predictor.new_video()
+            for frame in frames_source.frames(selection):
+                instances = self.predictor.step(state, frame.image).cpu()
+                yield SegmentedFrame(frame.index, frame.timestamp, frame.image, self._filtered(instances))
+        finally:
+            if owned:
+                frames_source.close()
+
+    def segment(self, source: str | Path | FrameSource, *, formats: Sequence[str] = (),
+                output_dir: str | Path | None = None, selection: FrameSelection = FrameSelection(),
+                video_id: int = 1, name: str | None = None, stream: TextIO | None = None,
+                on_frame: Callable[[SegmentedFrame], None] | None = None) -> VideoResult:
+        """Segment one video and write it in `formats` into `output_dir`.
+
+        Files appear only when the whole video went through; on any error or interruption every
+        writer is aborted and nothing is left behind. `name` replaces the source's name in the
+        outputs; `stream` receives the jsonl format (default: stdout); `on_frame` is called after
+        each frame (progress bars).
+        """
+        owned = not isinstance(source, FrameSource)
+        frames_source = open_source(source) if owned else source
+        try:
+            return self._segment(frames_source, formats, output_dir, selection, video_id,
+                                 name or frames_source.info.name, stream or sys.stdout, on_frame)
+        finally:
+            if owned:
+                frames_source.close()
+
+    def _segment(self, source: FrameSource, formats: Sequence[str], output_dir: str | Path | None,
+                 selection: FrameSelection, video_id: int, name: str, stream: TextIO,
+                 on_frame: Callable[[SegmentedFrame], None] | None) -> VideoResult:
+        info = source.info
+        if formats and output_dir is None and any(f != "jsonl" for f in formats):
+            raise UsageError("an output directory is needed to write files")
+        meta = VideoMeta(name, info.path, info.height, info.width, info.fps / selection.stride,
+                         video_id, self.config.class_names, self.config.category_ids)
+        writers: list[OutputWriter] = open_writers(formats, meta, Path(output_dir or "."), stream) if formats else []
+        result = VideoResult(name, info.path, video_id)
+        tracks = TrackAccumulator()
+        started = time.perf_counter()
+        try:
+            for item in self.stream(source, selection):
+                record = FrameRecord(item.index, item.timestamp, item.image, item.instances)
+                for writer in writers:
+                    writer.write_frame(record)
+                tracks.add(item.instances)
+                self._count(result, item.instances)
+                if on_frame is not None:
+                    on_frame(item)
+            result.seconds = time.perf_counter() - started
+            if result.frames == 0:
+                raise UsageError(f"{info.path}: the frame selection is empty (the source has {info.num_frames} frames)")
+            for writer in writers:
+                result.outputs.extend(writer.close())
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
+        result.tracks = tracks.summaries()
+        return result
+
+    def _count(self, result: VideoResult, instances: FrameInstances) -> None:
+        stats = instances.stats
+        result.frames += 1
+        if stats is None:
+            return
+        result.keep_ratio_sum += stats.keep_ratio
+        result.gflops_sum += frame_flops(self.config, stats.padded_size, stats.tokens_per_block,
+                                         stats.num_track_queries, stats.map_candidates).total / 1e9
