@@ -2,12 +2,14 @@
 
 A pure function of the key, kept apart from the model (timm's `checkpoint_filter_fn` idea). The
 mapping is one-to-one on every parameter that affects outputs; `REFERENCE_UNUSED` lists what
-the reference stores but never uses.
+the reference stores but never uses. `vppcli_to_official` is the inverse, so that a key missing
+from an official checkpoint can be named the way the user sees it in that file.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 # Map-SM parameters that the reference constructs but never calls, and the legacy Map-SM's
 # frozen distance table (the prior is computed exactly for every grid instead).
@@ -53,3 +55,44 @@ def official_to_vppcli(key: str) -> str:
     for pattern, replacement in _RULES:
         key = pattern.sub(replacement, key)
     return _NORMS.sub(lambda match: f".norm{int(match.group(1)) + 1}.", key)
+
+
+# The inverse rules undo `_RULES` in reverse order. Block rules come in two spellings: the VPP
+# checkpoints use PyTorch `TransformerEncoderLayer` names, the dense ones timm's (= ours).
+_VPP_BLOCK_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"^(backbone\.blocks\.\d+)\.attn\.qkv\.(weight|bias)$", r"\1.TransformerEncoderLayer.self_attn.in_proj_\2"),
+        (r"^(backbone\.blocks\.\d+)\.attn\.proj\.", r"\1.TransformerEncoderLayer.self_attn.out_proj."),
+        (r"^(backbone\.blocks\.\d+)\.mlp\.fc1\.", r"\1.TransformerEncoderLayer.linear1."),
+        (r"^(backbone\.blocks\.\d+)\.mlp\.fc2\.", r"\1.TransformerEncoderLayer.linear2."),
+        (r"^(backbone\.blocks\.\d+)\.(norm[12])\.", r"\1.TransformerEncoderLayer.\2."),
+    )
+)
+_INVERSE_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"^backbone\.map_selective_module\.norm\.", "backbone.interactions.0.matching_module.norm_selector."),
+        (r"^backbone\.map_selective_module\.mlp\.", "backbone.interactions.0.matching_module.selector."),
+        (r"(transformer_decoder\.layers\.\d+)\.cross_attn\.", r"\1.attentions.0.attn."),
+        (r"(transformer_decoder\.layers\.\d+)\.self_attn\.", r"\1.attentions.1.attn."),
+        (r"(encoder\.layers\.\d+)\.self_attn\.", r"\1.attentions.0."),
+        # only the head's FFNs: the adapter's extractors have their own `ffn.fc1/fc2`
+        (r"^(head\..*layers\.\d+)\.ffn\.fc1\.", r"\1.ffns.0.layers.0.0."),
+        (r"^(head\..*layers\.\d+)\.ffn\.fc2\.", r"\1.ffns.0.layers.1."),
+        (r"^backbone\.", "detector.backbone."),
+        (r"^head\.", "detector.panoptic_head."),
+    )
+)
+_HEAD_NORMS = re.compile(r"^(detector\.panoptic_head\..*layers\.\d+)\.norm(\d)\.")
+
+
+def vppcli_to_official(key: str, block_style: Literal["vpp", "timm"] = "vpp") -> str:
+    """`backbone.blocks.0.mlp.fc1.weight` -> `detector.backbone.blocks.0.TransformerEncoderLayer.linear1.weight`
+    (block_style "vpp") or `detector.backbone.blocks.0.mlp.fc1.weight` ("timm", the dense checkpoints)."""
+    if not key.startswith(("backbone.", "head.")):
+        raise KeyError(f"not a vppcli model key: {key}")
+    rules = (_VPP_BLOCK_RULES + _INVERSE_RULES) if block_style == "vpp" else _INVERSE_RULES
+    for pattern, replacement in rules:
+        key = pattern.sub(replacement, key)
+    return _HEAD_NORMS.sub(lambda match: f"{match.group(1)}.norms.{int(match.group(2)) - 1}.", key)

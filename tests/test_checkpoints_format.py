@@ -1,0 +1,207 @@
+"""vppcli's safetensors format: metadata, strict loading, dtypes, name resolution, the cache."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from vppcli.checkpoints import cache_dir, load_model, read_metadata, resolve_weights, save_model
+from vppcli.checkpoints.format import FORMAT_VERSION, METADATA_KEY, config_overrides
+from vppcli.checkpoints.registry import BUNDLED, OFFICIAL, bundled_dirs
+from vppcli.config import preset
+from vppcli.errors import CheckpointError, OutputError
+from vppcli.model.official_keys import is_reference_unused
+
+from official_checkpoint import official_shapes
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VPP_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def saved(compact_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "compact.safetensors"
+    return save_model(compact_model, path, provenance={"source": "unit test"}, notes="random weights")
+
+
+def test_metadata_alone_rebuilds_the_model(compact_model, saved: Path):
+    metadata = read_metadata(saved)
+    assert metadata.config == compact_model.config
+    assert metadata.format_version == FORMAT_VERSION
+    assert metadata.num_parameters == sum(p.numel() for p in compact_model.parameters())
+    assert metadata.input_size == (544, 960)
+    assert metadata.provenance["source"] == "unit test" and metadata.provenance["written_by"].startswith("vppcli")
+    assert metadata.notes == "random weights"
+    blob = json.loads(safe_open(str(saved), "pt").metadata()[METADATA_KEY])
+    assert blob["classes"] == list(compact_model.config.class_names)
+    assert blob["category_ids"] == list(range(1, 41))
+    assert blob["schedule"]["name"] == "0.55" and blob["schedule"]["block_fractions"][:4] == [1.0, 0.7, 0.7, 0.56]
+    assert type(metadata).from_dict(metadata.to_dict()) == metadata
+
+
+def test_load_is_exact_in_eval_mode_and_leaves_the_global_rng_alone(compact_model, saved: Path):
+    torch.manual_seed(5)
+    model = load_model(saved)
+    after_load = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_load, torch.rand(3))
+    assert not model.training
+    reference = compact_model.state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_half_precision_files_are_upcast(compact_model, tmp_path: Path, stored: torch.dtype):
+    path = save_model(copy.deepcopy(compact_model).to(stored), tmp_path / "half.safetensors")
+    assert load_file(str(path))["head.query_feat.weight"].dtype == stored
+    model = load_model(path, dtype=torch.float32)
+    weight = model.head.query_feat.weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, compact_model.head.query_feat.weight.detach().to(stored).float())
+    assert load_model(path, dtype=torch.bfloat16).head.query_feat.weight.dtype == torch.bfloat16
+
+
+def _rewrite(saved: Path, target: Path, change) -> Path:
+    tensors = load_file(str(saved))
+    header = safe_open(str(saved), "pt").metadata()
+    change(tensors)
+    save_file(tensors, str(target), metadata=header)
+    return target
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda t: t.pop("head.query_feat.weight"), "1 missing tensor (head.query_feat.weight)"),
+    (lambda t: t.update(extra=torch.zeros(2)), "1 unexpected tensor (extra)"),
+    (lambda t: t.update({"head.query_feat.weight": torch.zeros(3, 128)}),
+     "head.query_feat.weight: file [3, 128] vs model [50, 128]"),
+    (lambda t: t.update({"head.query_feat.weight": torch.zeros(50, 128, dtype=torch.int32)}),
+     "head.query_feat.weight: file torch.int32 vs model torch.float32"),
+])  # fmt: skip
+def test_strict_loading_names_every_difference_in_one_line(saved: Path, tmp_path: Path, change, expected: str):
+    broken = _rewrite(saved, tmp_path / "broken.safetensors", change)
+    with pytest.raises(CheckpointError) as error:
+        load_model(broken)
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_non_strict_loading_tolerates_missing_and_unexpected(saved: Path, tmp_path: Path):
+    def change(tensors):
+        tensors.pop("head.query_feat.weight")
+        tensors["extra"] = torch.zeros(1)
+
+    model = load_model(_rewrite(saved, tmp_path / "loose.safetensors", change), strict=False)
+    assert model.head.query_feat.weight.shape == (50, 128)
+
+
+def test_wrong_shapes_fail_even_non_strictly(saved: Path, tmp_path: Path):
+    broken = _rewrite(saved, tmp_path / "b.safetensors", lambda t: t.update({"head.query_feat.weight": torch.zeros(3)}))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_model(broken, strict=False)
+
+
+def test_unreadable_files_are_refused_with_their_path(tmp_path: Path, saved: Path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.safetensors is not a safetensors checkpoint"):
+        load_model(junk)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(1)}, str(plain))
+    with pytest.raises(CheckpointError, match="no vppcli metadata"):
+        read_metadata(plain)
+    newer = tmp_path / "newer.safetensors"
+    blob = json.loads(safe_open(str(saved), "pt").metadata()[METADATA_KEY])
+    save_file({"x": torch.zeros(1)}, str(newer), metadata={METADATA_KEY: json.dumps({**blob, "format_version": 99})})
+    with pytest.raises(CheckpointError, match="format 99, newer"):
+        read_metadata(newer)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.safetensors"):
+        load_model(truncated)
+
+
+def test_missing_files_and_names_say_what_to_do(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="checkpoint file not found: .*nothere.safetensors"):
+        load_model(tmp_path / "nothere.safetensors")
+    with pytest.raises(CheckpointError, match="run: vpp weights download vpp-tiny-pkr53$"):
+        load_model("vpp-tiny-pkr53")
+    with pytest.raises(CheckpointError, match="did you mean vpp-tiny-pkr41"):
+        resolve_weights("vpp-tiny-pkr40")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        resolve_weights(tmp_path)
+
+
+def test_names_resolve_to_the_cache_first(saved: Path, _private_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path):
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    (bundled / "vpp-compact.safetensors").write_bytes(saved.read_bytes())
+    monkeypatch.setattr("vppcli.checkpoints.registry.bundled_dirs", lambda: (bundled,))
+    assert resolve_weights("vpp-compact") == bundled / "vpp-compact.safetensors"
+    _private_cache.mkdir()
+    (_private_cache / "vpp-compact.safetensors").write_bytes(saved.read_bytes())
+    assert resolve_weights("vpp-compact") == _private_cache / "vpp-compact.safetensors"
+    assert load_model("vpp-compact").config.name == "compact"
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("VPP_CACHE", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("VPP_CACHE")
+    assert cache_dir() == tmp_path / "xdg" / "vppcli"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "vppcli"
+
+
+def test_bundled_directories_are_the_package_and_the_checkout():
+    package, checkout = bundled_dirs()
+    assert package.parent.name == "vppcli" and checkout == package.parent.parent / "weights"
+    assert [b.name for b in BUNDLED] == ["vpp-compact"]
+
+
+def test_writes_are_atomic(compact_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    target = tmp_path / "out" / "model.safetensors"
+    save_model(compact_model, target)
+    before = target.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vppcli.checkpoints.format.save_file", disk_full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        save_model(compact_model, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in target.parent.iterdir()] == ["model.safetensors"]
+
+
+def test_registry_parameter_counts_match_the_official_shapes():
+    """The sizes `vpp weights list` shows, from the key lists (no model build)."""
+    counts = {}
+    for variant in ("tiny", "small"):
+        shapes = {k: s for k, s in official_shapes(variant).items()
+                  if not is_reference_unused(k) and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        pruning = sum(torch.Size(s).numel() for k, s in shapes.items()
+                      if ".selective_modules." in k or ".matching_module." in k)
+        total = sum(torch.Size(s).numel() for s in shapes.values())
+        counts[variant, "dense"], counts[variant, "pruned"] = total - pruning, total
+    for entry in OFFICIAL:
+        assert entry.params == counts[entry.variant, "dense" if entry.schedule == "dense" else "pruned"], entry.name
+
+
+def test_overrides_are_reported_against_the_preset():
+    config = preset("tiny")
+    changed = config.replace(pruning=dataclasses.replace(config.pruning, map_keep_ratio=0.6))
+    assert config_overrides(config) == {}
+    assert config_overrides(changed) == {"pruning.map_keep_ratio": 0.6}

@@ -1,0 +1,224 @@
+"""`vpp convert`, `vpp weights list|download` and `vpp info`: checkpoints on the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from vppcli.cli.app import app, fail, fail_with, stderr, stdout
+from vppcli.errors import EXIT_INTERRUPTED, VppError
+
+if TYPE_CHECKING:
+    from vppcli.config import VppConfig
+
+weights_app = typer.Typer(help="List and download the released VPP models.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Official checkpoint (.pth, mmengine layout).")],
+    dst: Annotated[Path, typer.Argument(help="Output file (.safetensors).")],
+    schedule: Annotated[str | None, typer.Option(
+        help="Trained pruning schedule, 0.55 or 0.4; only needed if the checkpoint does not record it.")] = None,
+    allow_partial: Annotated[bool, typer.Option(
+        help="Write what maps even if keys are missing, left over or mis-shaped (the file then loads "
+             "only non-strictly).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Convert one of the authors' VPP checkpoints into a vppcli .safetensors file."""
+    from vppcli.checkpoints.official import convert_file
+
+    try:
+        path, conversion = convert_file(src, dst, schedule=schedule, allow_partial=allow_partial, overwrite=overwrite)
+    except VppError as error:
+        raise fail_with(error) from None
+    report = conversion.report
+    config = conversion.config
+    summary: dict[str, Any] = {
+        "source": str(src),
+        "output": str(path),
+        "variant": report.variant,
+        "block_style": report.block_style,
+        "num_parameters": conversion.num_parameters,
+        "schedule": report.schedule,
+        "schedule_source": report.schedule_source,
+        "map_selective_module": report.map_module,
+        "classes": list(config.class_names),
+        "ignored": list(report.ignored),
+        "unexpected": list(report.unexpected),
+        "missing": list(report.missing),
+        "mismatched": list(report.mismatched),
+        "filled": list(report.filled),
+        "notes": list(report.notes),
+    }
+    if as_json:
+        stdout.print_json(json.dumps(summary))
+        return
+    table = _key_value_table(f"converted {src.name} -> {path}")
+    table.add_row("variant", f"{report.variant} ({'VPP' if report.block_style == 'vpp' else 'dense timm'} blocks)")
+    table.add_row("parameters", f"{conversion.num_parameters:,}")
+    table.add_row("schedule", f"{_schedule_text(config)} [dim](from {report.schedule_source})[/]")
+    table.add_row("Map-SM", report.map_module)
+    table.add_row("classes", _classes_text(config.class_names))
+    for label, items in (("dropped (unused)", report.ignored), ("BN counters set to 0", report.filled),
+                         ("unexpected, dropped", report.unexpected), ("missing", report.missing),
+                         ("wrong shape, dropped", report.mismatched)):  # fmt: skip
+        if items:
+            table.add_row(label, escape(f"{len(items)}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"))
+    for note in report.notes:
+        table.add_row("note", escape(note))
+    stdout.print(table)
+
+
+@weights_app.command("list")
+def list_weights(as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False) -> None:
+    """The bundled model and the authors' released checkpoints, and which are present locally."""
+    from vppcli.checkpoints.registry import BUNDLED, OFFICIAL, cache_dir, local_path
+
+    rows: list[dict[str, Any]] = []
+    for bundled in BUNDLED:
+        present = local_path(bundled.name)
+        rows.append({"name": bundled.name, "kind": "bundled", "variant": bundled.variant, "description": bundled.description,
+                     "size_bytes": present.stat().st_size if present else None,
+                     "local_path": str(present) if present else None})
+    for entry in OFFICIAL:
+        present = local_path(entry.name)
+        rows.append({"name": entry.name, "kind": "official", "variant": entry.variant, "schedule": entry.schedule,
+                     "keep_ratio": entry.keep_ratio, "ap_track": entry.ap_track, "map_bbox": entry.map_bbox,
+                     "map_segm": entry.map_segm, "params": entry.params,
+                     "size_bytes": present.stat().st_size if present else entry.params * 4,
+                     "url": entry.url, "log_url": entry.log_url, "local_path": str(present) if present else None})
+    if as_json:
+        stdout.print_json(json.dumps({"cache": str(cache_dir()), "weights": rows}))
+        return
+    table = Table(title=f"vpp weights (cache: {escape(str(cache_dir()))})", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    for column in ("PKR", "AP_track", "size"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("local", no_wrap=True)
+    table.add_column("source", overflow="fold")
+    for row in rows:
+        official = row["kind"] == "official"
+        table.add_row(
+            row["name"],
+            f"{row['keep_ratio']:.1%}" if official else "-",
+            f"{row['ap_track']:.1f}" if official else "-",
+            f"{row['size_bytes'] / 1e6:.0f} MB" if row["size_bytes"] else "-",
+            "[green]yes[/]" if row["local_path"] else "no",
+            row["url"] if official else row["description"],
+        )
+    stdout.print(table)
+    stderr.print("AP_track: YouTube-VIS 2021, from the authors' README. Get one with: vpp weights download NAME",
+                 soft_wrap=True)
+
+
+@weights_app.command("download")
+def download(
+    name: Annotated[str, typer.Argument(help="A name from `vpp weights list`, e.g. vpp-tiny-pkr53.")],
+    keep_original: Annotated[bool, typer.Option(help="Also keep the original .pth in the cache.")] = False,
+    force: Annotated[bool, typer.Option(help="Download again even if the converted file is present.")] = False,
+) -> None:
+    """Download a released checkpoint into the cache (resumable), verify it and convert it."""
+    from vppcli.checkpoints.download import fetch, install
+    from vppcli.checkpoints.registry import cache_dir, official_entry
+
+    try:
+        entry = official_entry(name)
+        target = cache_dir() / entry.file_name
+        if target.is_file() and not force:
+            stderr.print(f"{name} is already downloaded (--force downloads it again)")
+            stdout.print(str(target), highlight=False)
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=stderr, transient=False) as progress:
+            task = progress.add_task(name, total=None)
+            fetched = fetch(entry, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        stderr.print(f"verified {fetched.size:,} bytes (sha256 {fetched.sha256[:16]}...); converting")
+        path = install(entry, fetched, keep_original=keep_original)
+    except VppError as error:
+        raise fail_with(error) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED) from None
+    stderr.print(f"saved to {path}")
+    stdout.print(str(path), highlight=False)
+
+
+@app.command()
+def info(
+    weights: Annotated[str, typer.Argument(help="A .safetensors file or a model name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+) -> None:
+    """Show what a checkpoint says about itself: variant, parameters, classes, schedule, provenance."""
+    from vppcli.checkpoints.format import config_overrides, read_metadata
+    from vppcli.checkpoints.registry import resolve_weights
+
+    try:
+        path = resolve_weights(weights)
+        metadata = read_metadata(path)
+    except VppError as error:
+        raise fail_with(error) from None
+    overrides = config_overrides(metadata.config)
+    if as_json:
+        stdout.print_json(json.dumps({"path": str(path), "file_size": path.stat().st_size, "overrides": overrides,
+                                      **metadata.to_dict()}))
+        return
+    config = metadata.config
+    table = _key_value_table(str(path))
+    table.add_row("variant", metadata.variant + (f" (overrides: {_overrides_text(overrides)})" if overrides else ""))
+    table.add_row("parameters", f"{metadata.num_parameters:,}")
+    table.add_row("schedule", _schedule_text(config))
+    table.add_row("input size", f"{metadata.input_size[0]}x{metadata.input_size[1]} (long side "
+                                f"{config.preprocess.long_side}, padded to {config.preprocess.pad_divisor})")
+    table.add_row("classes", _classes_text(config.class_names))
+    if metadata.dataset:
+        table.add_row("dataset", escape(metadata.dataset))
+    table.add_row("dataset ids", _ids_text(config.category_ids))
+    for key, value in metadata.provenance.items():
+        table.add_row(key, escape(value))
+    for label, value in (("license", metadata.license), ("notes", metadata.notes)):
+        if value:
+            table.add_row(label, escape(value))
+    if metadata.missing_keys:
+        table.add_row("partial", f"{len(metadata.missing_keys)} tensors missing; loads only with strict=False")
+    stdout.print(table)
+
+
+def _key_value_table(title: str) -> Table:
+    table = Table(title=title, show_header=False, box=None, title_justify="left", padding=(0, 2, 0, 0))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    return table
+
+
+def _schedule_text(config: VppConfig) -> str:
+    from vppcli.checkpoints.schedules import schedule_summary
+
+    summary = schedule_summary(config)
+    if not config.pruning.enabled:
+        return "dense (no pruning)"
+    ratios = ", ".join(f"{r:g}" for r in summary["selective_keep_ratios"])
+    return (f"{summary['name']}: Map-SM keeps {summary['map_keep_ratio']:g} from block {summary['map_block']}, "
+            f"selective modules {ratios}; nominal keep ratio {summary['nominal_keep_ratio']:.3f}")
+
+
+def _classes_text(names: tuple[str, ...]) -> str:
+    return escape(f"{len(names)}: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+
+
+def _ids_text(ids: tuple[int, ...]) -> str:
+    if list(ids) == list(range(ids[0], ids[0] + len(ids))):
+        return f"{ids[0]}..{ids[-1]} in class order"
+    return ", ".join(str(i) for i in ids)
+
+
+def _overrides_text(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in overrides.items())
