@@ -5,6 +5,7 @@ Each command lives in its own module and registers itself on `app` when imported
 
 from vppcli.cli import bench  # noqa: F401  (registers `vpp bench`)
 from vppcli.cli import checkpoints  # noqa: F401  (registers `vpp convert`, `vpp weights`, `vpp info`)
+from vppcli.cli import evaluate  # noqa: F401  (registers `vpp eval`, `vpp eval-split`)
 from vppcli.cli import segment  # noqa: F401  (registers `vpp segment`)
 from vppcli.cli.app import app
 

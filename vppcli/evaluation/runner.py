@@ -1,0 +1,386 @@
+"""The `vpp eval` loop: stream every video of a split through the model, keep each video's
+predictions as soon as it finishes, and merge them into the server's `results.json`/`results.zip`.
+
+Layout of `output_dir`:
+    predictions/run.json        settings that change predictions (a resumed run must match them)
+    predictions/<video_id>.json one finished video: its result entries and efficiency sums
+    results.json, results.zip   the merged submission (entries in ascending video id)
+
+Per-video files are written atomically, so an interrupted run leaves only finished videos and
+`--resume` skips them. Sharding splits the videos (ascending id, round robin) over processes of a
+torch.distributed gloo group, started by `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK) or by
+`run_sharded`; rank 0 (or the launching process) merges from the per-video files, so the merged
+output is the same as one process's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as torch_mp
+
+from vppcli import __version__
+from vppcli.config import preset
+from vppcli.errors import InputError, OutputError, UsageError, VppError
+from vppcli.evaluation.dataset import Category, ClassMapping, YtvisDataset, match_classes, read_json, write_json
+from vppcli.evaluation.efficiency import EfficiencyMeter, EfficiencyReport, merged, peak_memory
+from vppcli.evaluation.metric import listing
+from vppcli.model.rovis import VppModel, build_model
+from vppcli.outputs.atomic import AtomicFile, ensure_output_dir, remove_quietly
+from vppcli.outputs.ytvis import YtvisCollector, write_results
+from vppcli.segmenter import Segmenter
+from vppcli.video import ImageSequenceSource
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_DIR = "predictions"
+RUN_FILE = "run.json"
+# YouTube-VIS frames are every 5th frame of 30 fps clips; only used for timestamps.
+YTVIS_FPS = 6.0
+# Shards finish at different times; the default 30 min gloo timeout would fail slow stragglers.
+_GROUP_TIMEOUT = timedelta(hours=48)
+_POLL_SECONDS = 0.5
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checkpoint (`weights`: path or registered name) or a preset with random weights."""
+
+    weights: str | None = None
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and self.preset is not None:
+            raise UsageError("give either --weights or --preset, not both")
+        if self.weights is None and self.preset is None:
+            raise UsageError("no model: pass --weights FILE_OR_NAME, or --preset NAME for random weights "
+                             "(testing only); the bundled default model is not shipped yet")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that decides the predictions, plus where to compute them."""
+
+    model: ModelSpec
+    keep_ratio: float | None = None
+    long_side: int | None = None
+    score_threshold: float = 0.0
+    dtype: str = "fp32"  # fp32 or bf16
+    allow_class_mismatch: bool = False
+    device: str = "cpu"  # cpu, cuda or auto; with several processes each takes cuda:LOCAL_RANK
+    threads: int | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share (device and threads may change between runs)."""
+        fields = dataclasses.asdict(self)
+        for name in ("device", "threads"):
+            fields.pop(name)
+        return {**fields.pop("model"), **fields}
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    video_id: int
+    height: int
+    width: int
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One evaluation run: settings, the dataset's categories, the videos (ascending id) and
+    where the outputs go. Picklable, so worker processes get it whole."""
+
+    settings: RunSettings
+    annotation_file: Path
+    categories: tuple[Category, ...]
+    tasks: tuple[VideoTask, ...]
+    output_dir: Path
+    resume: bool = False
+    overwrite: bool = False
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.output_dir / PREDICTIONS_DIR
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"annotations": str(self.annotation_file.resolve()), **self.settings.fingerprint(),
+                "vppcli": __version__}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The merged run: result entries (ascending video id), efficiency, files written, and how
+    many videos came from an earlier run (`--resume`)."""
+
+    results: list[dict[str, Any]]
+    efficiency: EfficiencyReport
+    files: tuple[Path, ...]
+    resumed: int
+
+
+def make_job(dataset: YtvisDataset, video_ids: Sequence[int], settings: RunSettings, output_dir: Path,
+             resume: bool = False, overwrite: bool = False) -> EvalJob:
+    by_id = {v.id: v for v in dataset.videos}
+    tasks = tuple(VideoTask(i, by_id[i].height, by_id[i].width, dataset.frame_files(by_id[i]))
+                  for i in sorted(video_ids))
+    if not tasks:
+        raise UsageError(f"no videos to evaluate in {dataset.annotation_file}")
+    return EvalJob(settings, dataset.annotation_file, dataset.categories, tasks, output_dir, resume, overwrite)
+
+
+def load_eval_model(settings: RunSettings, categories: Sequence[Category],
+                    device: torch.device) -> tuple[VppModel, ClassMapping]:
+    """The model and how its labels map to the dataset's categories.
+
+    A preset (random weights) is built with the dataset's classes, seeded so that every process
+    of a sharded run holds the same weights; a checkpoint keeps its classes (a mismatch is refused
+    unless `allow_class_mismatch`).
+    """
+    spec = settings.model
+    if spec.preset is not None:
+        try:
+            config = preset(spec.preset)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        config = config.replace(
+            class_names=tuple(c.name for c in categories), category_ids=tuple(c.id for c in categories),
+            head=dataclasses.replace(config.head, num_classes=len(categories)),
+        )
+        torch.manual_seed(0)
+        model = build_model(config)
+    else:
+        from vppcli.checkpoints import load_model
+
+        model = load_model(spec.weights, device=device)
+    return model, match_classes(model.config, categories, settings.allow_class_mismatch)
+
+
+def run(job: EvalJob, progress: Progress | None = None,
+        loaded: tuple[VppModel, ClassMapping] | None = None) -> RunOutcome | None:
+    """Evaluate in this process, or as one rank of a `torchrun` group (from its environment).
+
+    Returns the merged outcome on rank 0 and None on the other ranks. `progress(done, total)` is
+    called on rank 0 after each of its videos; `loaded` reuses a model already loaded for checks.
+    """
+    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in
+                               (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    if world > 1:
+        dist.init_process_group("gloo", timeout=_GROUP_TIMEOUT)
+    try:
+        resumed = prepare_output(job) if rank == 0 else 0
+        if world > 1:
+            dist.barrier()  # the other ranks write only once rank 0 has checked the directory
+        _process_shard(job, rank, world, local_rank, progress if rank == 0 else None, loaded)
+        if world > 1:
+            dist.barrier()
+        return collect(job, resumed) if rank == 0 else None
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def run_sharded(job: EvalJob, shards: int, progress: Progress | None = None) -> RunOutcome:
+    """Evaluate with `shards` worker processes (a local gloo group on 127.0.0.1) and merge."""
+    if shards < 1:
+        raise UsageError(f"--shards must be at least 1, got {shards}")
+    resumed = prepare_output(job)
+    errors = torch_mp.get_context("spawn").SimpleQueue()
+    context = torch_mp.start_processes(_worker, args=(job, shards, _free_port(), errors), nprocs=shards,
+                                       join=False, start_method="spawn")
+    try:
+        while not context.join(timeout=_POLL_SECONDS):
+            if progress is not None:
+                progress(_count_done(job), len(job.tasks))
+    except torch_mp.ProcessException:
+        if not errors.empty():
+            raise errors.get() from None
+        raise
+    except BaseException:  # e.g. Ctrl-C: stop the workers; their finished videos are kept
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+        raise
+    if progress is not None:
+        progress(len(job.tasks), len(job.tasks))
+    return collect(job, resumed)
+
+
+def prepare_output(job: EvalJob) -> int:
+    """Check the output directory against `resume`/`overwrite` and record the run's settings.
+    Returns how many videos an earlier run already finished."""
+    directory = job.predictions_dir
+    ensure_output_dir(directory)
+    run_file = directory / RUN_FILE
+    previous = read_json(run_file) if run_file.is_file() else None
+    earlier = [p for p in directory.glob("*.json") if p.name != RUN_FILE]
+    fingerprint = job.fingerprint()
+    if job.resume:
+        if previous is not None and previous != fingerprint:
+            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+            raise UsageError("--resume: " + "; ".join(
+                f"{k} was {previous.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed
+            ) + f"; use the earlier settings or another --output-dir than {job.output_dir}")
+    elif previous is not None or earlier:
+        if not job.overwrite:
+            raise UsageError(f"{directory} holds predictions of an earlier run; pass --resume to continue it "
+                             "or --overwrite to start again")
+        for path in [*earlier, run_file]:
+            path.unlink(missing_ok=True)
+    for leftover in directory.glob(".*.tmp-*"):  # temporaries of a run that was killed mid-write
+        remove_quietly(leftover)
+    write_json(run_file, fingerprint)
+    return _count_done(job)
+
+
+def collect(job: EvalJob, resumed: int = 0) -> RunOutcome:
+    """Merge the per-video files (ascending video id) into results.json and results.zip."""
+    results: list[dict[str, Any]] = []
+    meters: list[EfficiencyMeter] = []
+    missing: list[int] = []
+    for task in job.tasks:
+        record = _read_record(job, task)
+        if record is None:
+            missing.append(task.video_id)
+            continue
+        results.extend(record["results"])
+        meters.append(EfficiencyMeter.from_dict(record["efficiency"]))
+    if missing:
+        raise OutputError(f"no predictions for video(s) {listing(missing)} in "
+                          f"{job.predictions_dir}; run again with --resume")
+    results_file = write_results(iter(results), job.output_dir / "results.json")
+    zip_file = job.output_dir / "results.zip"
+    with AtomicFile(zip_file, "wb", suffix=".zip") as handle:
+        # The server wants results.json at the root of the archive, not in a folder.
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.write(results_file, arcname="results.json")
+    return RunOutcome(results, merged(meters).report(), (results_file, zip_file), resumed)
+
+
+def _worker(rank: int, job: EvalJob, world: int, port: int, errors: Any) -> None:
+    """One process of `run_sharded`; a VppError goes back to the launcher through `errors`."""
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=_GROUP_TIMEOUT)
+        try:
+            if job.settings.threads is None:  # share the cores instead of oversubscribing them
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+            _process_shard(job, rank, world, rank, None, None)
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    except VppError as error:
+        errors.put(error)
+        raise SystemExit(error.exit_code) from None
+
+
+def _process_shard(job: EvalJob, rank: int, world: int, local_rank: int, progress: Progress | None,
+                   loaded: tuple[VppModel, ClassMapping] | None) -> None:
+    shard = job.tasks[rank::world]
+    tasks = [task for task in shard if _read_record(job, task) is None]  # the rest is done (--resume)
+    if progress is not None:
+        progress(len(shard) - len(tasks), len(shard))
+    if not tasks:
+        return
+    settings = job.settings
+    device = _device(settings.device, local_rank)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    model, mapping = loaded or load_eval_model(settings, job.categories, device)
+    segmenter = Segmenter(model, keep_ratio=settings.keep_ratio, score_threshold=settings.score_threshold,
+                          classes=mapping.kept_classes, device=device,
+                          dtype=torch.bfloat16 if settings.dtype == "bf16" else torch.float32,
+                          long_side=settings.long_side)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    known = {c.id for c in job.categories}
+    for done, task in enumerate(tasks, start=len(shard) - len(tasks) + 1):
+        record = _run_video(segmenter, task, mapping, known, device)
+        write_json(job.predictions_dir / f"{task.video_id}.json", record)
+        log.info("video %d: %d frames, %d tracks (%d/%d of rank %d)", task.video_id, record["frames"],
+                 len(record["results"]), done, len(shard), rank)
+        if progress is not None:
+            progress(done, len(shard))
+
+
+def _run_video(segmenter: Segmenter, task: VideoTask, mapping: ClassMapping, known: set[int],
+               device: torch.device) -> dict[str, Any]:
+    source = ImageSequenceSource(task.files, str(task.video_id), YTVIS_FPS)
+    if (source.info.height, source.info.width) != (task.height, task.width):
+        raise InputError(f"{task.files[0]} is {source.info.width}x{source.info.height}, the annotation file says "
+                         f"{task.width}x{task.height} for video {task.video_id}; are --images and the annotations "
+                         "of the same split?")
+    collector = YtvisCollector(task.video_id, mapping.category_ids)
+    meter = EfficiencyMeter()
+    config = segmenter.model.config
+    try:
+        started = time.perf_counter()
+        for frame in segmenter.stream(source):
+            collector.add(frame.instances)
+            if frame.instances.stats is not None:
+                meter.add_frame(config, frame.instances.stats)
+        meter.seconds = time.perf_counter() - started
+        results = [entry for entry in collector.iter_results() if entry["category_id"] in known]
+        frames = collector.num_frames
+    finally:
+        collector.close()
+    meter.peak_memory_mb, meter.peak_memory_kind = peak_memory(device)
+    return {"video_id": task.video_id, "frames": frames, "results": results, "efficiency": meter.to_dict()}
+
+
+def _read_record(job: EvalJob, task: VideoTask) -> dict[str, Any] | None:
+    """A finished video's file, or None if absent or not from a complete run of this video."""
+    path = job.predictions_dir / f"{task.video_id}.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        EfficiencyMeter.from_dict(record["efficiency"])
+        complete = record["video_id"] == task.video_id and record["frames"] == len(task.files) \
+            and isinstance(record["results"], list)
+    except (OSError, ValueError, KeyError, TypeError):
+        complete = False
+    if not complete:
+        log.warning("ignoring unusable %s; the video is run again", path)
+        return None
+    return record
+
+
+def _count_done(job: EvalJob) -> int:
+    present = {p.stem for p in job.predictions_dir.glob("*.json")}
+    return sum(str(task.video_id) in present for task in job.tasks)
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+__all__ = [
+    "EvalJob", "ModelSpec", "RunOutcome", "RunSettings", "VideoTask", "collect", "load_eval_model", "make_job",
+    "prepare_output", "run", "run_sharded",
+]
