@@ -9,8 +9,6 @@ first calls pay one-off allocation costs.
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,7 +18,7 @@ from vppcli.config import preset
 from vppcli.inference import VideoPredictor
 from vppcli.model.flops import frame_flops
 from vppcli.model.rovis import build_model
-from vppcli.profiling import SectionTimer, timed
+from vppcli.profiling import SectionTimer, peak_memory, timed
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +87,6 @@ def synthetic_frames(count: int, height: int, width: int, seed: int = 0) -> list
     return frames
 
 
-def _peak_memory(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "process peak RSS"
-
-
 def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_ratio: float | None, label: str,
          device: torch.device, dtype: torch.dtype) -> RunReport:
     predictor = VideoPredictor(model, keep_ratio=keep_ratio, device=device, dtype=dtype,
@@ -122,7 +113,7 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
             flops_total[name] = flops_total.get(name, 0.0) + value
     measured = len(frames) - warmup
     mean_tokens = tokens / measured
-    peak, kind = _peak_memory(device)
+    peak, kind = peak_memory(device)
     return RunReport(
         label=label,
         keep_ratio=keep_ratio,

@@ -7,8 +7,6 @@ sharded run merges them exactly as a single run would (in video-id order).
 
 from __future__ import annotations
 
-import resource
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,11 +112,3 @@ def merged(meters: Iterable[EfficiencyMeter]) -> EfficiencyMeter:
     for meter in meters:
         total.merge(meter)
     return total
-
-
-def peak_memory(device: torch.device) -> tuple[float, str]:
-    """(MiB, what was measured) so far in this process."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "process peak RSS"
