@@ -5,6 +5,10 @@
 For each length it generates a clip (examples/make_clip.py), runs `vpp segment` on it in a fresh
 process writing every file format, and reads that process's peak RSS from the kernel (through
 an intermediate process whose only child it is, so the figure is exactly the segment run's).
+
+The model is the compact preset with random weights and the tracker's score thresholds at 0, saved
+as a checkpoint: untrained weights would otherwise produce no tracks, and the writers would
+have nothing to hold on to.
 """
 
 from __future__ import annotations
@@ -34,11 +38,27 @@ def measure(command: list[str]) -> None:
     print(json.dumps({"peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1)}))
 
 
-def run_length(frames: int, args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+def detecting_checkpoint(preset_name: str, path: Path) -> Path:
+    import dataclasses
+
+    import torch
+
+    from vppcli.checkpoints import save_model
+    from vppcli.config import preset
+    from vppcli.model.rovis import build_model
+
+    config = preset(preset_name)
+    config = config.replace(tracker=dataclasses.replace(config.tracker, track_score_threshold=0.0,
+                                                        new_score_threshold=0.0))
+    torch.manual_seed(0)
+    return save_model(build_model(config), path, notes="memory benchmark: random weights, thresholds 0")
+
+
+def run_length(frames: int, args: argparse.Namespace, workdir: Path, weights: Path) -> dict[str, object]:
     clip = workdir / f"clip_{frames}.mp4"
     subprocess.run([sys.executable, str(ROOT / "examples" / "make_clip.py"), str(clip), "--frames", str(frames),
                     "--size", args.size], check=True)
-    segment = [sys.executable, "-m", "vppcli", "segment", str(clip), "--preset", args.preset, "--size",
+    segment = [sys.executable, "-m", "vppcli", "segment", str(clip), "--weights", str(weights), "--size",
                str(args.long_side), "--format", args.formats, "-o", str(workdir / "out"), "--quiet",
                "--device", "cpu", "--threads", str(args.threads)]
     if args.keep_ratio is not None:
@@ -46,7 +66,9 @@ def run_length(frames: int, args: argparse.Namespace, workdir: Path) -> dict[str
     child = subprocess.run([sys.executable, __file__, "--measure", "--", *segment],
                            check=True, capture_output=True, text=True)
     figures = json.loads(child.stdout)
-    return {"frames": frames, **figures, "frames_per_second": round(frames / figures["seconds"], 2)}
+    ytvis = json.loads((workdir / "out" / clip.stem / "ytvis.json").read_text())
+    return {"frames": frames, **figures, "frames_per_second": round(frames / figures["seconds"], 2),
+            "tracks": len(ytvis), "masks_written": sum(s is not None for e in ytvis for s in e["segmentations"])}
 
 
 def main() -> None:
@@ -66,7 +88,8 @@ def main() -> None:
         measure(args.command)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_length(frames, args, Path(tmp)) for frames in args.frames]
+        weights = detecting_checkpoint(args.preset, Path(tmp) / "model.safetensors")
+        runs = [run_length(frames, args, Path(tmp), weights) for frames in args.frames]
     report = {
         "benchmark": "segment_memory",
         "machine": f"{platform.machine()}, {platform.system()}, python {platform.python_version()}",

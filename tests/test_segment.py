@@ -218,3 +218,32 @@ def test_segmenter_api_is_deterministic_and_filters(clip: Path, detecting_model:
     assert all(set(i.instances.labels.tolist()) <= {label} for i in only.stream(clip))
     with pytest.raises(UsageError):
         Segmenter(detecting_model, keep_ratio=0.0)
+
+
+def test_weights_file_is_loaded_and_a_bad_checkpoint_exits_4(clip: Path, tmp_path: Path,
+                                                             detecting_model: VppModel) -> None:
+    from vppcli.checkpoints import save_model
+
+    weights = save_model(detecting_model, tmp_path / "model.safetensors")
+    args = ["segment", str(clip), "-f", "jsonl", "--size", "96", "--device", "cpu", "--max-frames", "2"]
+    result = runner.invoke(app, [*args, "--weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    direct = [json.loads(line) for line in run_direct(detecting_model, clip)]
+    assert [json.loads(line) for line in result.stdout.splitlines()] == direct  # same weights, same output
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(weights.read_bytes()[:1000])
+    for bad in (broken, tmp_path / "absent.safetensors"):
+        result = runner.invoke(app, [*args, "--weights", str(bad)])
+        assert result.exit_code == 4
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(bad) in lines[0]
+
+
+def run_direct(model: VppModel, clip: Path) -> list[str]:
+    import io
+
+    stream = io.StringIO()
+    Segmenter(model, long_side=96).segment(clip, formats=("jsonl",), selection=FrameSelection(max_frames=2),
+                                           stream=stream)
+    return stream.getvalue().splitlines()
