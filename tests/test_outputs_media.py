@@ -176,3 +176,15 @@ def test_png_masks_switch_the_whole_video_to_16_bit_for_ids_above_255(tmp_path: 
         expected[expected == 3] = 300
         np.testing.assert_array_equal(ids, expected)
         np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), expected)
+
+
+def test_png_masks_refuse_ids_beyond_16_bits_and_leave_nothing(tmp_path: Path) -> None:
+    records = make_records()
+    records[2].instances.track_ids[0] = 70_000
+    writer = PngMaskWriter(tmp_path / "masks")
+    writer.write_frame(records[0])
+    writer.write_frame(records[1])
+    with pytest.raises(OutputError, match="track id 70000 at frame .* does not fit a 16-bit PNG"):
+        writer.write_frame(records[2])
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []

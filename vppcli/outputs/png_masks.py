@@ -27,6 +27,7 @@ from vppcli.results import FrameInstances
 logger = logging.getLogger(__name__)
 
 MAX_PALETTE_ID = 255
+MAX_PNG_ID = 65535  # 16-bit PNGs are the widest grayscale PNGs
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _INDEXED, _GRAY = 3, 0  # PNG colour types
 _COMPRESSION_LEVEL = 3  # mask PNGs shrink ~100x at any level; higher levels cost 3x the time
@@ -116,7 +117,11 @@ class PngMaskWriter:
 
     def write_frame(self, record: FrameRecord) -> None:
         instances = record.instances
-        if not self._sixteen_bit and len(instances) and int(instances.track_ids.max()) > MAX_PALETTE_ID:
+        largest = int(instances.track_ids.max()) if len(instances) else 0
+        if largest > MAX_PNG_ID:
+            raise OutputError(f"track id {largest} at frame {record.index} does not fit a 16-bit PNG mask "
+                              f"(ids up to {MAX_PNG_ID}); use the ytvis, coco or jsonl format for this video")
+        if not self._sixteen_bit and largest > MAX_PALETTE_ID:
             self._sixteen_bit = True
             logger.info("track id above %d at frame %d: masks become 16-bit PNGs", MAX_PALETTE_ID, record.index)
         ids = id_map(instances, np.uint16 if self._sixteen_bit else np.uint8)
