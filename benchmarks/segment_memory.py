@@ -62,7 +62,7 @@ def run_length(frames: int, args: argparse.Namespace, workdir: Path, weights: Pa
     segment = [sys.executable, "-m", "vppcli", "segment", str(clip), "--weights", str(weights), "--size",
                str(args.long_side), "--format", args.formats, "-o", str(workdir / "out"), "--quiet",
                "--device", "cpu", "--threads", str(args.threads)]
-    if args.keep_ratio is not None:
+    if args.keep_ratio:
         segment += ["--keep-ratio", str(args.keep_ratio)]
     child = subprocess.run([sys.executable, __file__, "--measure", "--", *segment],
                            check=True, stdout=subprocess.PIPE, text=True)
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--size", default="96x160", help="clip HEIGHTxWIDTH")
     parser.add_argument("--long-side", type=int, default=160, help="network input long side")
     parser.add_argument("--preset", default="compact")
-    parser.add_argument("--keep-ratio", type=float, default=0.45)
+    parser.add_argument("--keep-ratio", type=float, default=0.45, help="0 = prune as trained (native)")
     parser.add_argument("--formats", default="overlay,ytvis,coco,png")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -48,3 +52,24 @@ def test_bad_options_fail_with_one_line_and_exit_2(args):
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("vppcli ")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["segment", "clip.mp4", "--threads", "0"], "Invalid value for '--threads'"),
+    (["segment"], "Missing argument 'inputs'"),
+    (["segment", "clip.mp4", "--bogus"], "No such option: --bogus"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_click_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    completed = subprocess.run([sys.executable, "-m", "vppcli", *args], capture_output=True, text=True,
+                               cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert completed.returncode == 2 and completed.stdout == ""
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_error_lines_are_plain_text_not_markup() -> None:
+    result = runner.invoke(app, ["segment", "missing [final] [/x].mp4", "--preset", "compact", "-f", "jsonl"])
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines()[-1] == "error: no such file or directory: missing [final] [/x].mp4"

@@ -247,3 +247,22 @@ def run_direct(model: VppModel, clip: Path) -> list[str]:
     Segmenter(model, long_side=96).segment(clip, formats=("jsonl",), selection=FrameSelection(max_frames=2),
                                            stream=stream)
     return stream.getvalue().splitlines()
+
+
+def test_closing_stdout_early_exits_141_and_leaves_no_file(clip: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vppcli", "segment", str(clip), "--preset", "compact", "--size", "64", "-f",
+         "jsonl,ytvis", "-o", str(tmp_path), "--json-summary", "--quiet", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()  # like `| head -1`
+    assert process.wait(timeout=120) == 141, process.stderr.read()
+    assert json.loads(first)["frame"] == 0
+    assert files_under(tmp_path) == []

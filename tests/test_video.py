@@ -168,3 +168,16 @@ def test_image_sequence_errors_name_the_file(tmp_path: Path) -> None:
         list(odd.frames())
     with pytest.raises(InputError, match="no image frames"):
         ImageSequenceSource([], "video")
+
+
+def test_hidden_files_are_not_frames_and_absurd_frame_rates_fall_back(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from vppcli.video.readers import usable_fps
+
+    write_frames(tmp_path / "video", striped_clip(3))
+    (tmp_path / "video" / "._00000.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    with open_source(tmp_path / "video") as source:
+        assert source.info.num_frames == 3 and len(list(source.frames())) == 3
+    with caplog.at_level(logging.WARNING):
+        assert [usable_fps(v, tmp_path) for v in (25.0, 0.0, float("nan"), -3.0, 1e9)] == [25.0] + [30.0] * 4
+    assert caplog.text.count("assuming 30") == 4

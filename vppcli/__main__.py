@@ -1,3 +1,3 @@
-from vppcli.cli import app
+from vppcli.cli import main
 
-app(prog_name="vpp")
+main()

@@ -28,8 +28,8 @@ class FrameStats:
 class FrameInstances:
     """Tracked instances of one frame, at the frame's original resolution.
 
-    track_ids: [M] int64, stable across frames of one video.
-    labels:    [M] int64, 0-based class index (category_id = label + 1).
+    track_ids: [M] int64, stable across frames of one video, from 1.
+    labels:    [M] int64, 0-based class index (dataset id: `config.category_ids[label]`).
     scores:    [M] float32 detection scores (class prob x mask score).
     masks:     [M, H, W] bool.
     boxes:     [M, 4] float32 (x0, y0, x1, y1), exclusive upper corner; zeros for empty masks.

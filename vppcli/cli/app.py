@@ -10,6 +10,7 @@ import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from vppcli import __version__
 from vppcli.errors import EXIT_CODES_HELP, EXIT_USAGE, VppError
@@ -42,8 +43,9 @@ class Device(str, Enum):
 
 
 def error_line(message: str) -> None:
-    """Print one error line on stderr (never wrapped, so scripts can grep it)."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    """Print one error line on stderr (never wrapped, so scripts can grep it). The message is
+    plain text: paths like `clip [final].mp4` must not be read as rich markup."""
+    stderr.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:

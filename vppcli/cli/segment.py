@@ -15,6 +15,7 @@ import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from vppcli.cli.app import DType, Device, app, error_line, fail_with, resolve_device, stderr
 from vppcli.errors import (
@@ -22,15 +23,14 @@ from vppcli.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    InputError,
-    OutputError,
     UsageError,
     VppError,
 )
 from vppcli.model.rovis import VppModel
 from vppcli.outputs import parse_formats
+from vppcli.outputs.atomic import ensure_output_dir
 from vppcli.segmenter import SegmentedFrame, Segmenter, VideoResult
-from vppcli.video import Backend, FrameSelection, open_source
+from vppcli.video import DEFAULT_FPS, Backend, FrameSelection, open_source
 
 logger = logging.getLogger(__name__)
 DEFAULT_FORMATS = ("overlay", "ytvis")
@@ -98,15 +98,6 @@ def _load_model(weights: str | None, preset_name: str | None, device: torch.devi
     return load_model(weights, device=device)
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create output directory {output_dir}: {error.strerror}") from None
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory is not writable: {output_dir}")
-
-
 def _unique_name(name: str, taken: set[str]) -> str:
     candidate, number = name, 2
     while candidate in taken:
@@ -117,7 +108,7 @@ def _unique_name(name: str, taken: set[str]) -> str:
 
 def _progress(quiet: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[fps]:.1f} fps"), TextColumn("keep {task.fields[keep]:.2f}"),
         TimeRemainingColumn(), console=stderr, transient=True,
         disable=quiet or not stderr.is_terminal,
@@ -149,7 +140,7 @@ def segment(
     start: Annotated[int, typer.Option(min=0, help="First frame to process.")] = 0,
     max_frames: Annotated[int | None, typer.Option(min=1, help="Process at most this many frames.")] = None,
     stride: Annotated[int, typer.Option(min=1, help="Process every STRIDE-th frame.")] = 1,
-    fps: Annotated[float, typer.Option(min=0.001, help="Frame rate of frame directories and images.")] = 30.0,
+    fps: Annotated[float, typer.Option(min=0.001, help="Frame rate of frame directories and images.")] = DEFAULT_FPS,
     backend: Annotated[str, typer.Option(help="Video reader: auto (decord, else OpenCV), decord, opencv.")] = "auto",
     reference_noise: Annotated[bool, typer.Option(
         help="Keep the reference's Gumbel noise at test time (stochastic; reproducible with --seed).")] = False,
@@ -174,7 +165,7 @@ def segment(
         if not paths:
             raise UsageError("no input: give video files, frame directories or images (or `-` with paths on stdin)")
         if any(f != "jsonl" for f in chosen):
-            _check_output_dir(output_dir)
+            ensure_output_dir(output_dir)
         if threads is not None:
             torch.set_num_threads(threads)
         torch_device = resolve_device(device)
@@ -187,6 +178,9 @@ def segment(
         )
     except VppError as error:
         raise fail_with(error) from None
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
     outcome = RunOutcome()
     names: set[str] = set()
@@ -194,13 +188,13 @@ def segment(
         for video_id, path in enumerate(paths, start=1):
             _segment_one(segmenter, path, video_id, chosen, output_dir, selection,
                          backend, fps, names, quiet, outcome)
+        _report(outcome, quiet, json_summary)
     except KeyboardInterrupt:
         error_line("interrupted; outputs of the unfinished video were removed")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:  # `vpp segment ... -f jsonl | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_BROKEN_PIPE) from None
-    _report(outcome, quiet, json_summary)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -224,7 +218,7 @@ def _segment_one(segmenter: Segmenter, path: str, video_id: int, formats: tuple[
                 result = segmenter.segment(source, formats=formats, output_dir=output_dir / name,
                                            selection=selection, video_id=video_id, name=name, stream=sys.stdout,
                                            on_frame=on_frame)
-    except (InputError, OutputError, UsageError) as error:
+    except VppError as error:
         error_line(str(error))
         outcome.failures.append(Failure(path, str(error), error.exit_code))
         return
@@ -244,8 +238,8 @@ def _report(outcome: RunOutcome, quiet: bool, json_summary: bool) -> None:
                          overflow="fold")
     for video in outcome.videos:
         written = sorted({str(p.parent) + "/" for p in video.outputs}) or ["-"]
-        table.add_row(video.name, str(video.frames), f"{video.fps:.2f}", f"{video.keep_ratio:.3f}",
-                      f"{video.gflops_per_frame:.1f}", str(len(video.tracks)), ", ".join(written))
+        table.add_row(Text(video.name), str(video.frames), f"{video.fps:.2f}", f"{video.keep_ratio:.3f}",
+                      f"{video.gflops_per_frame:.1f}", str(len(video.tracks)), Text(", ".join(written)))
     stderr.print(table)
     if outcome.failures:
         stderr.print(f"{len(outcome.failures)} of {len(outcome.failures) + len(outcome.videos)} inputs failed")

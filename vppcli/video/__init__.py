@@ -8,7 +8,7 @@ from typing import Literal
 from vppcli.errors import InputError, UsageError
 from vppcli.video.images import IMAGE_SUFFIXES, ImageSequenceSource, image_files
 from vppcli.video.readers import DecordSource, OpenCVSource, load_decord
-from vppcli.video.source import Frame, FrameSelection, FrameSource, VideoInfo
+from vppcli.video.source import DEFAULT_FPS, Frame, FrameSelection, FrameSource, VideoInfo
 
 Backend = Literal["auto", "decord", "opencv"]
 
@@ -21,13 +21,13 @@ def open_source(path: str | Path, backend: Backend = "auto", image_fps: float | 
     """
     path = Path(path)
     if path.is_dir():
-        return ImageSequenceSource(image_files(path), path.name, image_fps or 30.0, str(path))
+        return ImageSequenceSource(image_files(path), path.name, image_fps or DEFAULT_FPS, str(path))
     if not path.exists():
         raise InputError(f"no such file or directory: {path}")
     if not path.is_file():
         raise InputError(f"not a regular file: {path}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageSequenceSource([path], path.stem, image_fps or 30.0, str(path))
+        return ImageSequenceSource([path], path.stem, image_fps or DEFAULT_FPS, str(path))
     if backend == "opencv":
         return OpenCVSource(path)
     decord = load_decord()
@@ -39,6 +39,7 @@ def open_source(path: str | Path, backend: Backend = "auto", image_fps: float | 
 
 
 __all__ = [
+    "DEFAULT_FPS",
     "Backend",
     "DecordSource",
     "Frame",

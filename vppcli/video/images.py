@@ -10,11 +10,9 @@ import cv2
 import numpy as np
 
 from vppcli.errors import InputError
-from vppcli.video.source import Frame, FrameSelection, FrameSource, VideoInfo
+from vppcli.video.source import DEFAULT_FPS, Frame, FrameSelection, FrameSource, VideoInfo
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-# Frame directories carry no frame rate; 30 is what most players assume.
-DEFAULT_IMAGE_FPS = 30.0
 
 
 def natural_key(path: Path) -> list[int | str]:
@@ -23,8 +21,10 @@ def natural_key(path: Path) -> list[int | str]:
 
 
 def image_files(directory: Path) -> list[Path]:
-    """The image files of a frame directory, in natural order."""
-    files = [p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    """The image files of a frame directory, in natural order. Hidden files (e.g. the `._*`
+    companions macOS leaves on copied folders) are not frames."""
+    files = [p for p in directory.iterdir()
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
     return sorted(files, key=natural_key)
 
 
@@ -46,7 +46,7 @@ class ImageSequenceSource(FrameSource):
     The first file is decoded up front for the frame size; all frames must have that size.
     """
 
-    def __init__(self, files: Sequence[Path], name: str, fps: float = DEFAULT_IMAGE_FPS,
+    def __init__(self, files: Sequence[Path], name: str, fps: float = DEFAULT_FPS,
                  path: str | None = None) -> None:
         if not files:
             raise InputError(f"no image frames in {path or name}")

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 
 from vppcli.errors import InputError
-from vppcli.video.source import Frame, FrameSelection, FrameSource, VideoInfo
+from vppcli.video.source import DEFAULT_FPS, Frame, FrameSelection, FrameSource, VideoInfo
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ def load_decord() -> ModuleType | None:
         return None
     decord.logging.set_level(decord.logging.QUIET)
     return decord
+
+
+def usable_fps(fps: float, path: Path) -> float:
+    """The container's frame rate, or the default when it states none (0, NaN, negative, absurd)."""
+    if math.isfinite(fps) and 0.01 <= fps <= 10_000:
+        return fps
+    logger.warning("%s states a frame rate of %s; assuming %g", path, fps, DEFAULT_FPS)
+    return DEFAULT_FPS
 
 
 @contextlib.contextmanager
@@ -61,7 +70,7 @@ class DecordSource(FrameSource):
                 self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
                 num_frames = len(self._reader)
                 first = self._reader[0].asnumpy() if num_frames else None
-                fps = float(self._reader.get_avg_fps())
+                fps = usable_fps(float(self._reader.get_avg_fps()), path)
         except (RuntimeError, decord.DECORDError) as error:
             logger.debug("decord could not open %s: %s", path, error)
             raise InputError(f"cannot read video {path}: not a video, no frames, truncated, or an unsupported codec") from None
@@ -102,7 +111,7 @@ class OpenCVSource(FrameSource):
         capture = self._open()
         try:
             num_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-            fps = float(capture.get(cv2.CAP_PROP_FPS)) or 30.0
+            fps = usable_fps(float(capture.get(cv2.CAP_PROP_FPS)), path)
             with native_stderr_silenced():
                 ok, first = capture.read()
         finally:

@@ -16,6 +16,9 @@ import numpy as np
 
 from vppcli.errors import UsageError
 
+# Used where a source states no frame rate (frame directories, broken headers): what most players assume.
+DEFAULT_FPS = 30.0
+
 
 @dataclass(frozen=True)
 class VideoInfo:
