@@ -25,7 +25,17 @@ from outputs_synthetic import (
     make_records,
 )
 from vppcli.errors import UsageError
-from vppcli.outputs import FORMATS, CocoWriter, JsonlWriter, YtvisCollector, YtvisWriter, parse_formats
+from vppcli.outputs import (
+    FORMATS,
+    CocoWriter,
+    JsonlWriter,
+    YtvisCollector,
+    YtvisWriter,
+    finish_and_commit,
+    open_writers,
+    parse_formats,
+)
+from vppcli.outputs import records
 from vppcli.outputs.rle import decode_rle, encode_masks
 from vppcli.results import FrameInstances
 
@@ -92,7 +102,7 @@ def test_ytvis_results_work_with_pycocotools(tmp_path: Path) -> None:
     writer = YtvisWriter(make_meta(), path)
     for record in make_records():
         writer.write_frame(record)
-    assert writer.close() == [path]
+    assert finish_and_commit([writer]) == [path]
     loaded = json.loads(path.read_text())
     assert loaded == json.loads(json.dumps(collect()))
     # Video IoU of each track with a ground truth made from the same masks, via pycocotools.
@@ -145,7 +155,7 @@ def test_coco_images_annotations_and_categories_are_consistent(tmp_path: Path, c
     records = make_records()
     for record in records:
         writer.write_frame(record)
-    assert writer.close() == [path]
+    assert finish_and_commit([writer]) == [path]
     data = json.loads(path.read_text())
     assert data["info"]["video"] == "clip"
     assert data["categories"] == [{"id": i, "name": n} for i, n in zip(CATEGORY_IDS, CLASS_NAMES)]
@@ -193,7 +203,7 @@ def test_jsonl_writes_one_flushed_line_per_frame(tmp_path: Path) -> None:
     records = make_records()
     for record in records:
         writer.write_frame(record)
-    assert writer.close() == []
+    assert finish_and_commit([writer]) == []
     assert list(tmp_path.iterdir()) == []
     assert [text.count("\n") for text in stream.flushed] == list(range(1, NUM_FRAMES + 1))
     assert all(text.endswith("\n") for text in stream.flushed)
@@ -207,3 +217,22 @@ def test_jsonl_writes_one_flushed_line_per_frame(tmp_path: Path) -> None:
             assert instance["bbox"] == [left, top, side, side] and instance["area"] == side * side
             assert instance["rle"]["size"] == [HEIGHT, WIDTH]
             np.testing.assert_array_equal(decode_rle(instance["rle"]), plan_masks(position)[track_id])
+
+
+def test_the_json_writers_of_a_video_encode_each_frame_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def counting_encode(masks: torch.Tensor) -> list:
+        calls.append(len(masks))
+        return encode_masks(masks)
+
+    monkeypatch.setattr(records, "encode_masks", counting_encode)
+    writers = open_writers(("ytvis", "coco", "jsonl"), make_meta(), tmp_path, io.StringIO())
+    frames = make_records()
+    for record in frames:
+        for writer in writers:
+            writer.write_frame(record)
+    finish_and_commit(writers)
+    assert calls == [len(record.instances) for record in frames]
+    # the frames, not the module, hold the records: they go when the frames go
+    assert all("instance_records" in vars(record) for record in frames)

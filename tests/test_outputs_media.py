@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import cv2
@@ -22,7 +24,7 @@ from outputs_synthetic import (
     make_records,
 )
 from vppcli.errors import OutputError
-from vppcli.outputs import OverlayWriter, PngMaskWriter
+from vppcli.outputs import OverlayWriter, PngMaskWriter, finish_and_commit
 from vppcli.outputs.colors import palette, track_color
 from vppcli.outputs.encoders import FFMPEG_ENV, Codec, find_ffmpeg
 from vppcli.outputs.overlay import MASK_ALPHA, label_layout, label_text
@@ -41,7 +43,7 @@ def write_overlay(tmp_path: Path, height: int, width: int, codec: Codec) -> tupl
     writer = OverlayWriter(make_meta(height, width), path, codec=codec)
     for record in make_records(height, width, SCALE):
         writer.write_frame(record)
-    assert writer.close() == [path]
+    assert finish_and_commit([writer]) == [path]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
     reader = decord.VideoReader(str(path))
     assert reader.get_avg_fps() == pytest.approx(SOURCE_FPS / STRIDE, rel=1e-3)
@@ -111,6 +113,26 @@ def test_mp4v_refuses_odd_sizes_it_would_crop(tmp_path: Path) -> None:
         OverlayWriter(make_meta(47, 63), tmp_path / "overlay.mp4", codec="mp4v")
 
 
+@pytest.mark.parametrize("fps", [0.0, -5.0, float("nan"), float("inf")])
+def test_an_unusable_frame_rate_is_an_output_error(tmp_path: Path, fps: float) -> None:
+    meta = dataclasses.replace(make_meta(), fps=fps)
+    with pytest.raises(OutputError, match=f"cannot write {re.escape(str(tmp_path / 'overlay.mp4'))} at .* fps"):
+        OverlayWriter(meta, tmp_path / "overlay.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_ffmpeg
+def test_h264_overlay_of_a_very_slow_video_is_written(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 1e-4 fps is 0/1 at a denominator of 1001, which ffmpeg refuses
+    path = tmp_path / "overlay.mp4"
+    writer = OverlayWriter(dataclasses.replace(make_meta(), fps=1e-4), path, codec="h264")
+    for record in make_records()[:2]:
+        writer.write_frame(record)
+    assert finish_and_commit([writer]) == [path]
+    assert "too slow" in caplog.text
+    assert len(decord.VideoReader(str(path))) == 2
+
+
 def test_bad_vpp_ffmpeg_is_an_output_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(FFMPEG_ENV, str(tmp_path / "no-such-ffmpeg"))
     with pytest.raises(OutputError, match=FFMPEG_ENV):
@@ -136,7 +158,7 @@ def write_masks(tmp_path: Path) -> Path:
     writer = PngMaskWriter(directory)
     for record in make_records():
         writer.write_frame(record)
-    assert writer.close() == [directory]
+    assert finish_and_commit([writer]) == [directory]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"]
     names = [f"{STRIDE * position:06d}.png" for position in range(NUM_FRAMES)]
     assert sorted(p.name for p in directory.iterdir()) == names
@@ -167,7 +189,7 @@ def test_png_masks_switch_the_whole_video_to_16_bit_for_ids_above_255(tmp_path: 
         if position >= 3:
             record.instances.track_ids[record.instances.track_ids == 3] = 300
         writer.write_frame(record)
-    writer.close()
+    finish_and_commit([writer])
     for position in range(NUM_FRAMES):
         path = directory / f"{STRIDE * position:06d}.png"
         ids, colours = read_png(path)

@@ -28,7 +28,7 @@ from vppcli.inference import VideoPredictor
 from vppcli.model.flops import frame_flops
 from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator
-from vppcli.outputs import open_writers
+from vppcli.outputs import finish_and_commit, open_writers
 from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
 from vppcli.results import FrameInstances, TrackSummary
 from vppcli.video import FrameSelection, FrameSource, open_source
@@ -173,8 +173,8 @@ class Segmenter:
                 on_frame: Callable[[SegmentedFrame], None] | None = None) -> VideoResult:
         """Segment one video and write it in `formats` into `output_dir`.
 
-        Files appear only when the whole video went through; on any error or interruption every
-        writer is aborted and nothing is left behind. `name` replaces the source's name in the
+        Files appear only when the whole video went through, all formats together; on any error
+        or interruption every writer is aborted and nothing is left behind. `name` replaces the source's name in the
         outputs; `stream` receives the jsonl format (default: stdout); `on_frame` is called after
         each frame (progress bars).
         """
@@ -211,8 +211,7 @@ class Segmenter:
             result.seconds = time.perf_counter() - started
             if result.frames == 0:
                 raise UsageError(f"{info.path}: the frame selection is empty (the source has {info.num_frames} frames)")
-            for writer in writers:
-                result.outputs.extend(writer.close())
+            result.outputs = finish_and_commit(writers)
         except BaseException:
             for writer in writers:
                 writer.abort()

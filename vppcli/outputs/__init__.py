@@ -1,7 +1,8 @@
 """Output writers of `vpp segment`: one writer per format and video.
 
 Per video directory: `overlay.mp4`, `ytvis.json`, `coco.json`, `masks/`; `jsonl` goes to a
-text stream. Every file appears atomically at `close()` (see `atomic.py`).
+text stream. The files of a video appear together at `finish_and_commit()`, atomically (see
+`base.py` and `atomic.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "VideoMeta",
     "YtvisCollector",
     "YtvisWriter",
+    "finish_and_commit",
     "open_writers",
     "parse_formats",
 ]
@@ -90,3 +92,20 @@ def open_writers(formats: Sequence[str], meta: VideoMeta, video_dir: Path, strea
             writer.abort()
         raise
     return writers
+
+
+def finish_and_commit(writers: Sequence[OutputWriter]) -> list[Path]:
+    """Finish every writer, then commit them all; returns the files written.
+
+    Nothing is committed unless every writer finished, so a failure leaves the old outputs (or
+    none), never a mix of old and new. On any exception (Ctrl-C included) every writer is
+    aborted, a no-op for those already committed, and the exception propagates.
+    """
+    try:
+        for writer in writers:
+            writer.finish()
+        return [path for writer in writers for path in writer.commit()]
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise

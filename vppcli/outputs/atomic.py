@@ -7,9 +7,11 @@ temporary behind, never a truncated file under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,22 +51,20 @@ def remove_quietly(path: Path) -> None:
         logger.warning("could not remove temporary %s: %s", path, error)
 
 
-def commit_file(temporary: Path, final: Path) -> None:
-    """Flush `temporary` to disk and rename it to `final` (replacing an older `final`)."""
-    try:
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
-    except OSError as error:
-        remove_quietly(temporary)
-        raise OutputError(f"cannot write {final}: {error.strerror or error}") from error
+def check_free_for_file(final: Path) -> None:
+    """Fail now, not at the rename, when a file cannot replace `final`: a directory is in the way."""
+    if final.is_dir() and not final.is_symlink():
+        raise OutputError(f"cannot write {final}: a directory is in the way")
 
 
 class AtomicFile:
-    """A file written under a hidden temporary name and renamed into place by `commit()`.
+    """A file written under a hidden temporary name and renamed into place.
 
-    Use `open()` once, write, then `commit()` or `discard()`; an exception inside a `with`
-    block discards (an OSError comes out as an OutputError).
+    Two phases: `finish()` does everything that can fail (close, flush to disk, check that the
+    final name can be replaced), `commit()` only renames. Write through `open()` (once), or let
+    something else (an encoder) write `temporary`; `commit()` alone finishes first; `discard()`
+    removes the temporary and is a no-op after `commit()`. An exception inside a `with` block
+    discards, an OSError coming out as an OutputError; leaving the block commits.
     """
 
     def __init__(self, final: Path, mode: str = "w", suffix: str = "") -> None:
@@ -72,6 +72,8 @@ class AtomicFile:
         self.temporary = temporary_sibling(final, suffix)
         self._mode = mode
         self._handle: IO[Any] | None = None
+        self._finished = False
+        self._committed = False
 
     def open(self) -> IO[Any]:
         encoding = None if "b" in self._mode else "utf-8"
@@ -81,18 +83,51 @@ class AtomicFile:
             raise OutputError(f"cannot write {self.final}: {error.strerror or error}") from error
         return self._handle
 
-    def commit(self) -> Path:
-        if self._handle is not None:
-            try:
+    @contextlib.contextmanager
+    def filling(self) -> Iterator[IO[Any]]:
+        """`open()`, let the block write, then `finish()` (not commit): for a later `commit()`.
+        An exception inside the block discards, as in a `with AtomicFile(...)` block."""
+        check_free_for_file(self.final)  # before the block's work, not only after it
+        handle = self.open()
+        try:
+            yield handle
+        except BaseException as error:
+            self._abandon(error)
+            raise
+        self.finish()
+
+    def finish(self) -> None:
+        """Close and flush the temporary to disk; it is discarded if that fails."""
+        try:
+            check_free_for_file(self.final)
+            if self._handle is not None:
                 self._handle.close()
-            except OSError as error:
-                self.discard()
-                raise OutputError(f"cannot write {self.final}: {error.strerror or error}") from error
-            self._handle = None
-        commit_file(self.temporary, self.final)
+                self._handle = None
+            with open(self.temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except OSError as error:
+            self.discard()
+            raise OutputError(f"cannot write {self.final}: {error.strerror or error}") from error
+        except BaseException:
+            self.discard()
+            raise
+        self._finished = True
+
+    def commit(self) -> Path:
+        """Rename into place (replacing an older `final`)."""
+        if not self._finished:
+            self.finish()
+        try:
+            os.replace(self.temporary, self.final)
+        except OSError as error:
+            self.discard()
+            raise OutputError(f"cannot write {self.final}: {error.strerror or error}") from error
+        self._committed = True
         return self.final
 
     def discard(self) -> None:
+        if self._committed:
+            return
         if self._handle is not None:
             try:
                 self._handle.close()
@@ -107,18 +142,26 @@ class AtomicFile:
     def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, *_: object) -> None:
         if exc_type is None:
             self.commit()
-            return
+        else:
+            self._abandon(error)
+
+    def _abandon(self, error: BaseException | None) -> None:
+        """Discard after a failed write; an OSError (e.g. a full disk) comes out as an OutputError."""
         self.discard()
-        if isinstance(error, OSError):  # e.g. a full disk while writing
+        if isinstance(error, OSError):
             raise OutputError(f"cannot write {self.final}: {error.strerror or error}") from error
 
 
 class AtomicDirectory:
-    """A directory filled under a hidden temporary name and renamed into place by `commit()`."""
+    """A directory filled under a hidden temporary name and renamed into place: `finish()` clears
+    the way, `commit()` renames, `discard()` removes the temporary (a no-op after `commit()`)."""
 
     def __init__(self, final: Path) -> None:
         self.final = final
         self.temporary = temporary_sibling(final)
+        # Where an existing `final` is moved while the new one takes its place.
+        self._previous = final.with_name(f".{final.name}.old-{os.getpid()}")
+        self._committed = False
         try:
             if self.temporary.exists():  # left by a crashed run whose pid we now reuse
                 shutil.rmtree(self.temporary)
@@ -126,26 +169,40 @@ class AtomicDirectory:
         except OSError as error:
             raise OutputError(f"cannot create {final}: {error.strerror or error}") from error
 
+    def finish(self) -> None:
+        """Remove what a crashed run with our pid left where `commit()` moves the old directory."""
+        if os.path.lexists(self._previous):
+            try:
+                if self._previous.is_dir() and not self._previous.is_symlink():
+                    shutil.rmtree(self._previous)
+                else:
+                    self._previous.unlink()
+            except OSError as error:
+                raise OutputError(f"cannot write {self.final}: cannot remove {self._previous}: "
+                                  f"{error.strerror or error}") from error
+
     def commit(self) -> Path:
         """Rename into place. An existing directory is moved aside first and removed after (a
         directory cannot be replaced in one step): readers see the old one, for an instant none,
         then the new one, never a mix."""
-        previous = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+        previous = self._previous
         try:
-            if self.final.exists():
+            if os.path.lexists(self.final):
                 os.replace(self.final, previous)
             os.replace(self.temporary, self.final)
         except OSError as error:
-            if previous.exists() and not self.final.exists():
+            if os.path.lexists(previous) and not os.path.lexists(self.final):
                 try:
                     os.replace(previous, self.final)
                 except OSError:
                     logger.warning("the previous %s is left at %s", self.final, previous)
             remove_quietly(self.temporary)
             raise OutputError(f"cannot write {self.final}: {error.strerror or error}") from error
-        if previous.exists():
+        self._committed = True
+        if os.path.lexists(previous):
             remove_quietly(previous)
         return self.final
 
     def discard(self) -> None:
-        remove_quietly(self.temporary)
+        if not self._committed:
+            remove_quietly(self.temporary)

@@ -1,18 +1,27 @@
 """What every output writer gets and must do.
 
-A writer receives the frames of one video in order (`write_frame`), then either `close()`
-(commit: files appear atomically under their final names) or `abort()` (remove everything it
-started). A writer never leaves a half-written file under a final name, whatever happens.
+A writer receives the frames of one video in order (`write_frame`), then ends in two phases, so
+that the formats of a video appear together or not at all:
+
+- `finish()` does all the work that can fail (flushing, waiting for an encoder, assembling
+  files under their temporary names, checking that nothing is in the way of the final names);
+- `commit()` only renames the temporaries into place: called once every writer of the video
+  has finished, it should not fail.
+
+`abort()` removes the temporaries, before or after `finish()`, and is a no-op after `commit()`.
+A writer never leaves a half-written file under a final name, whatever happens.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from vppcli.outputs import records
 from vppcli.results import FrameInstances
 
 
@@ -54,12 +63,26 @@ class FrameRecord:
     image: np.ndarray
     instances: FrameInstances
 
+    @functools.cached_property
+    def instance_records(self) -> list[records.InstanceRecord]:
+        """Ids, boxes, areas and RLEs of `instances`, computed at the first use and then shared
+        by the writers of the frame (encoding full-size masks dominates their cost)."""
+        return records.instance_records(self.instances)
+
 
 class OutputWriter(Protocol):
     def write_frame(self, record: FrameRecord) -> None: ...
 
-    def close(self) -> list[Path]:
-        """Finish and commit; returns the files (or directories) written."""
+    def finish(self) -> None:
+        """Do everything that can fail, leaving complete outputs under temporary names.
+
+        Raises:
+            OutputError: an output cannot be written; the caller then calls `abort()`.
+        """
+        ...
+
+    def commit(self) -> list[Path]:
+        """After `finish()`: rename the outputs into place; returns the files (or directories)."""
         ...
 
     def abort(self) -> None:

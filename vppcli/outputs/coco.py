@@ -12,7 +12,6 @@ from typing import IO, Any
 from vppcli.errors import OutputError
 from vppcli.outputs.atomic import AtomicFile
 from vppcli.outputs.base import FrameRecord, VideoMeta
-from vppcli.outputs.records import instance_records
 
 TIMESTAMP_DECIMALS = 6
 
@@ -46,7 +45,7 @@ class _JsonSpool:
 
 class CocoWriter:
     """Writes `coco.json`. Images and annotations are spooled to temporary files as frames arrive
-    (memory does not grow with the video) and assembled into one JSON object at `close()`.
+    (memory does not grow with the video) and assembled into one JSON object at `finish()`.
 
     Image ids count processed frames from 1, annotation ids count instances from 1; `frame_index`
     is the frame's index in the source video.
@@ -55,6 +54,7 @@ class CocoWriter:
     def __init__(self, meta: VideoMeta, path: Path) -> None:
         self._meta = meta
         self._path = path
+        self._file = AtomicFile(path)
         # Next to the output, not in /tmp: a long video's annotations can be large.
         self._images = _JsonSpool(path.parent)
         try:
@@ -76,7 +76,7 @@ class CocoWriter:
                 "timestamp": round(record.timestamp, TIMESTAMP_DECIMALS),
                 "video_id": meta.video_id,
             })
-            for instance in instance_records(record.instances):
+            for instance in record.instance_records:
                 self._annotations.append({
                     "id": self._annotations.count + 1,
                     "image_id": image_id,
@@ -91,21 +91,25 @@ class CocoWriter:
         except OSError as error:
             raise OutputError(f"cannot spool {self._path}: {error.strerror or error}") from error
 
-    def close(self) -> list[Path]:
+    def finish(self) -> None:
         meta = self._meta
         info = {"description": "vppcli predictions", "video": meta.name, "source": meta.source, "fps": meta.fps}
         categories = [{"id": cid, "name": name} for cid, name in zip(meta.category_ids, meta.class_names)]
-        try:
-            with AtomicFile(self._path) as handle:
-                handle.write('{"info":' + json.dumps(info, separators=(",", ":")) + ',\n"images":[')
-                self._images.copy_to(handle)
-                handle.write('\n],\n"annotations":[')
-                self._annotations.copy_to(handle)
-                handle.write('\n],\n"categories":' + json.dumps(categories) + "}\n")
-        finally:
-            self.abort()
-        return [self._path]
+        with self._file.filling() as handle:
+            handle.write('{"info":' + json.dumps(info, separators=(",", ":")) + ',\n"images":[')
+            self._images.copy_to(handle)
+            handle.write('\n],\n"annotations":[')
+            self._annotations.copy_to(handle)
+            handle.write('\n],\n"categories":' + json.dumps(categories) + "}\n")
+        self._close_spools()
+
+    def commit(self) -> list[Path]:
+        return [self._file.commit()]
 
     def abort(self) -> None:
+        self._close_spools()
+        self._file.discard()
+
+    def _close_spools(self) -> None:
         self._images.close()
         self._annotations.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 FFMPEG_ENV = "VPP_FFMPEG"
 Codec = Literal["auto", "h264", "mp4v"]
-CODECS: tuple[Codec, ...] = ("auto", "h264", "mp4v")
 
 # Constant quality 20 keeps thin outlines and small label text sharp; "veryfast" encodes 1080p
 # about 2.5x faster than the default preset, so the encoder keeps up with a GPU model.
@@ -37,6 +37,11 @@ _BT709 = [
     "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
 ]
 _STDERR_TAIL = 400
+# The container stores a rational frame rate with a small denominator (30000/1001, not
+# 29.97002997...). Below 1/1001 fps (a frame every ~17 minutes: a broken source header) that
+# rounds to 0, which ffmpeg refuses, so that is the slowest rate written.
+_RATE_DENOMINATOR = 1001
+_SLOWEST_RATE = Fraction(1, _RATE_DENOMINATOR)
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,14 +84,19 @@ def find_ffmpeg() -> str | None:
 
 
 class FfmpegEncoder:
-    """Pipes raw RGB frames into `ffmpeg ... -c:v libx264`, started at the first frame."""
+    """Pipes raw RGB frames into `ffmpeg ... -c:v libx264`, started at the first frame.
 
-    def __init__(self, executable: str, path: Path, width: int, height: int, fps: float) -> None:
+    It writes `path`; messages name `shown_as`, the name the user knows (`path` is a temporary).
+    """
+
+    def __init__(self, executable: str, path: Path, shown_as: Path, width: int, height: int, fps: float) -> None:
         even = width % 2 == 0 and height % 2 == 0
         self._pix_fmt = "yuv420p" if even else "yuv444p"
         self.description = f"libx264 {self._pix_fmt} (ffmpeg at {executable})"
-        # 30000/1001 rather than 29.97002997...: the container stores a rational frame rate.
-        rate = Fraction(fps).limit_denominator(1001)
+        if fps < _SLOWEST_RATE:
+            logger.warning("%s: %g fps is too slow for the container; writing 1/%d fps",
+                           shown_as, fps, _RATE_DENOMINATOR)
+        rate = max(Fraction(fps).limit_denominator(_RATE_DENOMINATOR), _SLOWEST_RATE)
         self._command = [
             executable, "-hide_banner", "-nostats", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
@@ -94,7 +104,7 @@ class FfmpegEncoder:
             "-an", *_BT709, "-c:v", "libx264", *_X264_QUALITY, "-pix_fmt", self._pix_fmt,
             "-movflags", "+faststart", "-f", "mp4", str(path),
         ]
-        self._path = path
+        self._shown_as = shown_as
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
@@ -104,27 +114,34 @@ class FfmpegEncoder:
         assert self._process is not None and self._process.stdin is not None
         try:
             self._process.stdin.write(np.ascontiguousarray(rgb).data)
-        except (BrokenPipeError, OSError) as error:
+        except OSError as error:  # BrokenPipeError included: ffmpeg exited
+            self._close_stdin()
             self._process.wait()
-            raise OutputError(f"ffmpeg stopped while writing {self._path}: {self._stderr_tail() or error}") from error
+            reason = self._stderr_tail() or error
+            raise OutputError(f"ffmpeg stopped while writing {self._shown_as}: {reason}") from error
 
     def finish(self) -> None:
         if self._process is None:
             return
-        assert self._process.stdin is not None
-        try:
-            self._process.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass  # ffmpeg already exited; its return code and stderr say why
+        self._close_stdin()  # end of input: ffmpeg writes the rest and exits
         if self._process.wait() != 0:
-            raise OutputError(f"ffmpeg could not write {self._path}: {self._stderr_tail()}")
+            raise OutputError(f"ffmpeg could not write {self._shown_as}: {self._stderr_tail()}")
         self._close_stderr()
 
     def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+                self._process.wait()
+            self._close_stdin()
         self._close_stderr()
+
+    def _close_stdin(self) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        try:
+            self._process.stdin.close()
+        except OSError:
+            pass  # ffmpeg already exited (its return code and stderr say why); the pipe is closed anyway
 
     def _start(self) -> None:
         # stderr goes to a file: a pipe nobody reads could fill up and stall ffmpeg.
@@ -157,13 +174,14 @@ class OpenCvEncoder:
 
     description = "mp4v (OpenCV)"
 
-    def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
+    def __init__(self, path: Path, shown_as: Path, width: int, height: int, fps: float) -> None:
         if width % 2 or height % 2:
             raise OutputError(
                 f"the overlay of a {width}x{height} video needs ffmpeg with libx264 (OpenCV crops "
                 f"odd sizes): install imageio-ffmpeg or set {FFMPEG_ENV}"
             )
         self._path = path
+        self._shown_as = shown_as
         self._size = (width, height)
         self._fps = fps
         self._writer: cv2.VideoWriter | None = None
@@ -172,7 +190,7 @@ class OpenCvEncoder:
         if self._writer is None:
             self._writer = cv2.VideoWriter(str(self._path), cv2.VideoWriter_fourcc(*"mp4v"), self._fps, self._size)
             if not self._writer.isOpened():
-                raise OutputError(f"OpenCV cannot write {self._path} with mp4v")
+                raise OutputError(f"OpenCV cannot write {self._shown_as} with mp4v")
         self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
     def finish(self) -> None:
@@ -187,19 +205,22 @@ class OpenCvEncoder:
 Encoder = FfmpegEncoder | OpenCvEncoder
 
 
-def make_encoder(codec: Codec, path: Path, width: int, height: int, fps: float) -> Encoder:
+def make_encoder(codec: Codec, path: Path, shown_as: Path, width: int, height: int, fps: float) -> Encoder:
     """The encoder for `codec`: "auto" is H.264 when an ffmpeg with libx264 is found, else mp4v.
 
+    It writes `path` (a temporary); messages name `shown_as` (the final name).
+
     Raises:
-        OutputError: "h264" without a usable ffmpeg, or an odd size that only ffmpeg can keep.
+        OutputError: "h264" without a usable ffmpeg, an odd size that only ffmpeg can keep, or
+            a frame rate that is not a positive number.
     """
-    if not fps > 0:
-        raise ValueError(f"overlay fps must be positive, got {fps}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise OutputError(f"cannot write {shown_as} at {fps} fps: the frame rate must be positive and finite")
     executable = None if codec == "mp4v" else find_ffmpeg()
     if executable is not None:
-        return FfmpegEncoder(executable, path, width, height, fps)
+        return FfmpegEncoder(executable, path, shown_as, width, height, fps)
     if codec == "h264":
         raise OutputError(f"no ffmpeg with libx264 found: install imageio-ffmpeg or set {FFMPEG_ENV}")
     if codec == "auto":
         logger.warning("no ffmpeg with libx264 found; writing the overlay with OpenCV's mp4v")
-    return OpenCvEncoder(path, width, height, fps)
+    return OpenCvEncoder(path, shown_as, width, height, fps)

@@ -13,7 +13,6 @@ from typing import TextIO
 from vppcli.errors import OutputError
 from vppcli.outputs.base import FrameRecord, VideoMeta
 from vppcli.outputs.coco import TIMESTAMP_DECIMALS
-from vppcli.outputs.records import instance_records
 
 
 class JsonlWriter:
@@ -26,7 +25,7 @@ class JsonlWriter:
 
     def write_frame(self, record: FrameRecord) -> None:
         if self._stopped:
-            raise ValueError("write_frame after close() or abort()")
+            raise ValueError("write_frame after finish() or abort()")
         meta = self._meta
         line = {
             "video": meta.name,
@@ -42,7 +41,7 @@ class JsonlWriter:
                     "area": instance.area,
                     "rle": instance.rle,
                 }
-                for instance in instance_records(record.instances)
+                for instance in record.instance_records
             ],
         }
         try:
@@ -53,9 +52,11 @@ class JsonlWriter:
         except OSError as error:
             raise OutputError(f"cannot write JSON lines: {error.strerror or error}") from error
 
-    def close(self) -> list[Path]:
+    def finish(self) -> None:
         self._stopped = True
-        return []
+
+    def commit(self) -> list[Path]:
+        return []  # every line went out as its frame came
 
     def abort(self) -> None:
         self._stopped = True

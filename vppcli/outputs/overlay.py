@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vppcli.outputs.atomic import commit_file, remove_quietly, temporary_sibling
+from vppcli.outputs.atomic import AtomicFile, check_free_for_file
 from vppcli.outputs.base import FrameRecord, VideoMeta
 from vppcli.outputs.colors import text_color, track_color
 from vppcli.outputs.encoders import Codec, make_encoder
@@ -123,13 +123,11 @@ class OverlayWriter:
 
     def __init__(self, meta: VideoMeta, path: Path, codec: Codec = "auto") -> None:
         self._meta = meta
-        self._path = path
         # OpenCV picks the container from the extension, so the temporary keeps ".mp4".
-        self._temporary = temporary_sibling(path, ".mp4")
-        self._encoder = make_encoder(codec, self._temporary, meta.width, meta.height, meta.fps)
+        self._file = AtomicFile(path, suffix=".mp4")
+        self._encoder = make_encoder(codec, self._file.temporary, path, meta.width, meta.height, meta.fps)
         self.encoder = self._encoder.description
         self._frames = 0
-        self._done = False
         logger.info("overlay %s: %s", path, self.encoder)
 
     def write_frame(self, record: FrameRecord) -> None:
@@ -139,24 +137,17 @@ class OverlayWriter:
         self._encoder.write(render_overlay(record.image, record.instances, self._meta.class_names))
         self._frames += 1
 
-    def close(self) -> list[Path]:
-        self._done = True
+    def finish(self) -> None:
         if self._frames == 0:
-            logger.warning("no frames: %s not written", self._path)
-            return []
-        try:
-            self._encoder.finish()
-        except BaseException:
-            self._remove_temporary()
-            raise
-        commit_file(self._temporary, self._path)
-        return [self._path]
+            logger.warning("no frames: %s not written", self._file.final)
+            return
+        check_free_for_file(self._file.final)  # before waiting for the encoder, not only after
+        self._encoder.finish()
+        self._file.finish()
+
+    def commit(self) -> list[Path]:
+        return [self._file.commit()] if self._frames else []
 
     def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            self._remove_temporary()
-
-    def _remove_temporary(self) -> None:
         self._encoder.kill()
-        remove_quietly(self._temporary)
+        self._file.discard()

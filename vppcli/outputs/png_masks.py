@@ -3,7 +3,7 @@
 Files are 8-bit palette PNGs whose colours are the overlay's (`colors.track_color`). Track ids
 above 255 do not fit in 8 bits: once one appears, the video's masks become 16-bit grayscale
 PNGs (pixel value still = track id, no palette), and the frames already written are converted
-at `close()`, so all masks of one video share one format.
+at `finish()`, so all masks of one video share one format.
 
 The encoder is a few lines of zlib (OpenCV cannot write palette PNGs and Pillow is not a
 dependency); `read_png` decodes exactly what `encode_png` writes.
@@ -109,7 +109,7 @@ def id_map(instances: FrameInstances, dtype: type[np.unsignedinteger]) -> np.nda
 
 class PngMaskWriter:
     """Writes `masks/<source frame index, 6 digits>.png`, one file per processed frame, into a
-    hidden temporary directory that `close()` renames into place."""
+    hidden temporary directory that `commit()` renames into place."""
 
     def __init__(self, directory: Path) -> None:
         self._directory = AtomicDirectory(directory)
@@ -127,16 +127,20 @@ class PngMaskWriter:
         ids = id_map(instances, np.uint16 if self._sixteen_bit else np.uint8)
         self._write(self._directory.temporary / f"{record.index:06d}.png", ids)
 
-    def close(self) -> list[Path]:
-        try:
-            if self._sixteen_bit:
-                for path in sorted(self._directory.temporary.glob("*.png")):
-                    ids, plte = read_png(path)
-                    if plte is not None:
-                        self._write(path, ids.astype(np.uint16))
-        except BaseException:
-            self.abort()
-            raise
+    def finish(self) -> None:
+        self._directory.finish()
+        if not self._sixteen_bit:
+            return
+        for path in sorted(self._directory.temporary.glob("*.png")):
+            try:
+                ids, plte = read_png(path)
+            except OSError as error:
+                raise OutputError(f"cannot rewrite {self._directory.final / path.name} as 16-bit: "
+                                  f"{error.strerror or error}") from error
+            if plte is not None:
+                self._write(path, ids.astype(np.uint16))
+
+    def commit(self) -> list[Path]:
         return [self._directory.commit()]
 
     def abort(self) -> None:

@@ -1,4 +1,4 @@
-"""Per-instance values the JSON writers share (ids, boxes, areas, RLE), computed once per frame."""
+"""Per-instance values the JSON writers share (ids, boxes, areas, RLE)."""
 
 from __future__ import annotations
 
@@ -21,25 +21,19 @@ class InstanceRecord:
     rle: Rle
 
 
-_last_frame: tuple[FrameInstances, list[InstanceRecord]] | None = None
-
-
 def instance_records(instances: FrameInstances) -> list[InstanceRecord]:
     """The records of one frame, in the frame's instance order.
 
-    Several writers get the same frame one after the other; encoding full-size masks dominates
-    their cost, so the last frame's records are kept and reused when the same object comes again.
+    This encodes every full-size mask, which dominates the JSON writers' cost: the writers of a
+    video share one computation per frame through `FrameRecord.instance_records`.
     """
-    global _last_frame
-    if _last_frame is not None and _last_frame[0] is instances:
-        return _last_frame[1]
     on_cpu = instances.cpu()
     rles = encode_masks(on_cpu.masks)
     rows = zip(
         on_cpu.track_ids.tolist(), on_cpu.labels.tolist(), on_cpu.scores.tolist(),
         on_cpu.boxes.tolist(), rle_areas(rles), rles,
     )
-    records = [
+    return [
         InstanceRecord(
             track_id=track_id, label=label, score=round(score, SCORE_DECIMALS),
             bbox_xywh=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
@@ -47,5 +41,3 @@ def instance_records(instances: FrameInstances) -> list[InstanceRecord]:
         )
         for track_id, label, score, (x0, y0, x1, y1), area, rle in rows
     ]
-    _last_frame = (instances, records)
-    return records

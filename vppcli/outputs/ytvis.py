@@ -14,13 +14,13 @@ import tempfile
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from vppcli.errors import OutputError
 from vppcli.model.tracker import TrackAccumulator
 from vppcli.outputs.atomic import AtomicFile
 from vppcli.outputs.base import FrameRecord, VideoMeta
-from vppcli.outputs.records import instance_records
+from vppcli.outputs.records import InstanceRecord, instance_records
 from vppcli.results import FrameInstances
 
 
@@ -52,12 +52,18 @@ class YtvisCollector:
 
     def add(self, instances: FrameInstances) -> None:
         """Add the next processed frame (also one without instances: it becomes null everywhere)."""
+        self._add(instances, instance_records(instances))
+
+    def add_frame(self, record: FrameRecord) -> None:
+        """`add` for a frame whose records other writers may already have computed."""
+        self._add(record.instances, record.instance_records)
+
+    def _add(self, instances: FrameInstances, records: list[InstanceRecord]) -> None:
         size = list(instances.image_size)
         if self._size is None:
             self._size = size
         elif size != self._size:
             raise ValueError(f"frame {instances.frame_index} is {size[0]}x{size[1]}, the video {self._size}")
-        records = instance_records(instances)
         if len({record.track_id for record in records}) != len(records):
             raise ValueError(f"frame {instances.frame_index} has a track id twice")
         self._spool.seek(0, os.SEEK_END)
@@ -101,29 +107,36 @@ class YtvisCollector:
 def write_results(entries: Iterator[dict[str, Any]], path: Path) -> Path:
     """Write a YouTube-VIS results list atomically, one entry per line."""
     with AtomicFile(path) as handle:
-        handle.write("[")
-        for count, entry in enumerate(entries):
-            handle.write(("," if count else "") + "\n" + json.dumps(entry, separators=(",", ":")))
-        handle.write("\n]\n")
+        _write_entries(entries, handle)
     return path
+
+
+def _write_entries(entries: Iterator[dict[str, Any]], handle: IO[str]) -> None:
+    handle.write("[")
+    for count, entry in enumerate(entries):
+        handle.write(("," if count else "") + "\n" + json.dumps(entry, separators=(",", ":")))
+    handle.write("\n]\n")
 
 
 class YtvisWriter:
     """Writes `ytvis.json`: the YouTube-VIS results list of one video."""
 
     def __init__(self, meta: VideoMeta, path: Path) -> None:
-        self._path = path
+        self._file = AtomicFile(path)
         # The spool sits next to the output: large videos should not fill a small /tmp.
         self._collector = YtvisCollector(meta.video_id, meta.category_ids, spool_dir=path.parent)
 
     def write_frame(self, record: FrameRecord) -> None:
-        self._collector.add(record.instances)
+        self._collector.add_frame(record)
 
-    def close(self) -> list[Path]:
-        try:
-            return [write_results(self._collector.iter_results(), self._path)]
-        finally:
-            self._collector.close()
+    def finish(self) -> None:
+        with self._file.filling() as handle:
+            _write_entries(self._collector.iter_results(), handle)
+        self._collector.close()
+
+    def commit(self) -> list[Path]:
+        return [self._file.commit()]
 
     def abort(self) -> None:
         self._collector.close()
+        self._file.discard()
