@@ -9,6 +9,8 @@ import hashlib
 import http.server
 import io
 import json
+import os
+import stat
 import threading
 from collections import namedtuple
 from collections.abc import Iterator
@@ -104,12 +106,22 @@ def served(payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     server.server_close()
 
 
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask for one test, whatever the runner's; the previous one is restored after."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 def _cache(tmp_path: Path) -> list[str]:
     cache = tmp_path / "cache"
     return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
 
 
-def test_interrupted_download_resumes_then_verifies_converts_and_records(served: Served, tmp_path: Path):
+def test_interrupted_download_resumes_then_verifies_converts_and_records(served: Served, tmp_path: Path, umask_022):
     served.server.mode = "cut"
     with pytest.raises(DownloadError, match="interrupted at .* run the same command again to resume"):
         download_weights(NAME)
@@ -124,6 +136,8 @@ def test_interrupted_download_resumes_then_verifies_converts_and_records(served:
     assert seen[0] == (half, len(served.payload)) and seen[-1] == (len(served.payload), len(served.payload))
     assert _cache(tmp_path) == ["checksums.json", f"{NAME}.safetensors"]
     assert json.loads((tmp_path / "cache" / "checksums.json").read_text())[NAME]["sha256"] == served.sha256
+    for written in ("checksums.json", f"{NAME}.safetensors"):  # a shared cache stays readable to its other users
+        assert stat.S_IMODE((tmp_path / "cache" / written).stat().st_mode) == 0o644, written
 
     metadata = read_metadata(path)
     assert metadata.provenance["source_sha256"] == served.sha256
@@ -199,7 +213,7 @@ def test_network_failures_are_download_errors(served: Served, tmp_path: Path, mo
 
 
 def test_names_that_cannot_be_downloaded(served: Served):
-    with pytest.raises(UsageError, match="bundled with vppcli"):
+    with pytest.raises(UsageError, match="vpp-compact is a bundled model, never downloaded, and it is not shipped yet"):
         download_weights("vpp-compact")
     result = runner.invoke(app, ["weights", "download", "vpp-tiny-pkr4"])
     assert result.exit_code == 2 and "did you mean vpp-tiny-pkr41" in result.stderr

@@ -5,7 +5,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -130,6 +134,96 @@ def test_unreadable_files_are_refused_with_their_path(tmp_path: Path, saved: Pat
         load_model(truncated)
 
 
+def _with_metadata(saved: Path, target: Path, blob: Any) -> Path:
+    """A copy of `saved` whose vppcli metadata is `blob` (any JSON value)."""
+    save_file(load_file(str(saved)), str(target), metadata={"format": "pt", METADATA_KEY: json.dumps(blob)})
+    return target
+
+
+def _set(path: str, value: Any):
+    """A change that sets the dotted metadata field `path` to `value`."""
+
+    def change(blob: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            blob = blob[key]
+        blob[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (_set("provenance", ["a", "list"]), "provenance must be an object of strings, not a list"),
+    (_set("provenance", {"source": 3}), "provenance.source must be a string, not an integer"),
+    (_set("num_parameters", "9541489"), "num_parameters must be an integer, not a string"),
+    (_set("num_parameters", 1.5), "num_parameters must be an integer, not a number"),
+    (_set("input_size", 960), "input_size must be [height, width] in positive integers, not 960"),
+    (_set("input_size", [544, "960"]), "input_size must be [height, width]"),
+    (_set("notes", ["a"]), "notes must be a string, not a list"),
+    (_set("license", None), "license must be a string, not null"),
+    (_set("dataset", {}), "dataset must be a string, not an object"),
+    (_set("missing_keys", "head.x"), "missing_keys must be a list of strings, not a string"),
+    (_set("missing_keys", ["head.x", 7]), "missing_keys[1] must be a string, not an integer"),
+    (_set("format_version", "1"), "format_version must be an integer, not a string"),
+    (_set("format_version", True), "format_version must be an integer, not a boolean"),
+    (lambda blob: blob.pop("num_parameters"), "num_parameters is missing"),
+    (_set("config", [1, 2]), "config must be an object, not a list"),
+    (_set("config.head", "big"), "config.head must be an object, not a string"),
+    (_set("config.head.num_classes", "40"), "config.head.num_classes must be an integer, not a string"),
+    (_set("config.vit.depth", 0), "config.vit.depth must be at least 1, not 0"),
+    (_set("config.pruning.enabled", 1), "config.pruning.enabled must be true or false, not an integer"),
+    (_set("config.pruning.tau", float("nan")), "config.pruning.tau must be a finite number, not nan"),
+    (_set("config.pruning.xref_source", "block9"), "config.pruning.xref_source must be one of"),
+    (_set("config.preprocess.mean", [1, 2]), "config.preprocess.mean must have 3 items, not 2"),
+    (_set("config.adapter.interaction_indexes", [[0, "2"]]), "config.adapter.interaction_indexes[0][1] must be"),
+    (_set("config.class_names", "cat"), "config.class_names must be a list, not a string"),
+    (_set("config.vit.colour", "red"), "config.vit.colour is not a ViTConfig field"),
+    (_set("config.category_ids", [1, 2]), "config is inconsistent: need 40 distinct category ids"),
+])  # fmt: skip
+def test_malformed_metadata_is_one_line_naming_the_field_and_the_file(saved: Path, tmp_path: Path, change,
+                                                                      expected: str):
+    blob = json.loads(safe_open(str(saved), "pt").metadata()[METADATA_KEY])
+    change(blob)
+    crafted = _with_metadata(saved, tmp_path / "crafted.safetensors", blob)
+    for read in (read_metadata, load_model):
+        with pytest.raises(CheckpointError) as error:
+            read(crafted)
+        message = str(error.value)
+        assert message.startswith(f"{crafted} has invalid vppcli metadata: ") and expected in message, message
+        assert "\n" not in message
+
+
+def test_metadata_that_is_not_an_object_is_refused(saved: Path, tmp_path: Path):
+    with pytest.raises(CheckpointError, match="metadata must be a JSON object, not a list"):
+        read_metadata(_with_metadata(saved, tmp_path / "list.safetensors", [1, 2]))
+
+
+def test_a_config_that_cannot_build_is_a_checkpoint_error(saved: Path, tmp_path: Path):
+    blob = json.loads(safe_open(str(saved), "pt").metadata()[METADATA_KEY])
+    blob["config"]["head"]["feat_channels"] = 100  # not divisible into the head's 32 GroupNorm groups
+    crafted = _with_metadata(saved, tmp_path / "odd.safetensors", blob)
+    with pytest.raises(CheckpointError, match="does not describe a model vppcli can build"):
+        load_model(crafted, strict=False)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask for one test, whatever the runner's; the previous one is restored after."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_saved_files_get_the_mode_of_any_new_file(compact_model, tmp_path: Path, umask_022, mask: int, mode: int):
+    os.umask(mask)
+    path = save_model(compact_model, tmp_path / "shared.safetensors")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert os.umask(mask) == mask  # reading the umask did not change it
+
+
 def test_missing_files_and_names_say_what_to_do(tmp_path: Path):
     with pytest.raises(CheckpointError, match="checkpoint file not found: .*nothere.safetensors"):
         load_model(tmp_path / "nothere.safetensors")
@@ -169,6 +263,14 @@ def test_bundled_directories_are_the_package_and_the_checkout():
     package, checkout = bundled_dirs()
     assert package.parent.name == "vppcli" and checkout == package.parent.parent / "weights"
     assert [b.name for b in BUNDLED] == ["vpp-compact"]
+
+
+def test_a_bundled_model_without_its_file_is_not_shipped_yet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setattr("vppcli.checkpoints.registry.bundled_dirs", lambda: (tmp_path / "empty",))
+    with pytest.raises(CheckpointError) as error:
+        resolve_weights("vpp-compact")
+    assert "bundled model vpp-compact is not shipped yet" in str(error.value)
+    assert "reinstall" not in str(error.value)
 
 
 def test_writes_are_atomic(compact_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vppcli.checkpoints.format import first_line, utc_now
+from vppcli.checkpoints.format import first_line, replace_as_new_file, utc_now
 from vppcli.checkpoints.official import load_official, sha256_file, write_conversion
 from vppcli.checkpoints.registry import OSF_PROJECT, OfficialWeights, cache_dir, official_entry
 from vppcli.errors import CheckpointError, DownloadError
@@ -251,7 +251,7 @@ def _record_checksum(entry: OfficialWeights, fetched: Fetched) -> None:
     try:
         with os.fdopen(handle, "w") as out:
             json.dump(checksums, out, indent=2, sort_keys=True)
-        os.replace(temporary, path)
+        replace_as_new_file(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         log.warning("could not record the checksum of %s in %s (%s)", entry.name, path, first_line(error))

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from vppcli.checkpoints import validate
 from vppcli.checkpoints.registry import resolve_weights
 from vppcli.checkpoints.schedules import schedule_name, schedule_summary
 from vppcli.config import PRESETS, VppConfig
@@ -77,19 +78,27 @@ class CheckpointMetadata:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CheckpointMetadata:
-        """Inverse of `to_dict`; `variant`, `schedule`, `classes`, `category_ids` are derived from the config."""
+    def from_dict(cls, data: Any) -> CheckpointMetadata:
+        """Inverse of `to_dict`, checking the type of every field it reads; a `MetadataError`
+        names the first bad one. `variant`, `schedule`, `classes` and `category_ids` are not read:
+        they are derived from the config."""
+        data = validate.metadata_object(data)
         return cls(
-            config=VppConfig.from_dict(data["config"]),
-            num_parameters=int(data["num_parameters"]),
-            input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
-            provenance={str(k): str(v) for k, v in data.get("provenance", {}).items()},
-            dataset=str(data.get("dataset", "")),
-            license=str(data.get("license", "")),
-            notes=str(data.get("notes", "")),
-            missing_keys=tuple(data.get("missing_keys", ())),
-            format_version=int(data["format_version"]),
+            config=validate.config(validate.item(data, "config")),
+            num_parameters=validate.integer(validate.item(data, "num_parameters"), "num_parameters", minimum=0),
+            input_size=validate.size_pair(validate.item(data, "input_size"), "input_size"),
+            provenance=validate.string_map(validate.item(data, "provenance", {}), "provenance"),
+            dataset=validate.string(validate.item(data, "dataset", ""), "dataset"),
+            license=validate.string(validate.item(data, "license", ""), "license"),
+            notes=validate.string(validate.item(data, "notes", ""), "notes"),
+            missing_keys=validate.strings(validate.item(data, "missing_keys", []), "missing_keys"),
+            format_version=format_version(data),
         )
+
+
+def format_version(data: Any) -> int:
+    """The `format_version` of raw metadata: read first, since a newer format may differ in the rest."""
+    return validate.integer(validate.item(validate.metadata_object(data), "format_version"), "format_version", minimum=1)
 
 
 def default_input_size(config: VppConfig) -> tuple[int, int]:
@@ -141,7 +150,7 @@ def save_checkpoint(tensors: Mapping[str, Tensor], metadata: CheckpointMetadata,
         save_file(plain, temporary, metadata=header)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())  # the rename must never expose a file whose data is not on disk
-        os.replace(temporary, path)
+        replace_as_new_file(temporary, path)
     except (OSError, SafetensorError) as error:
         Path(temporary).unlink(missing_ok=True)
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -150,6 +159,21 @@ def save_checkpoint(tensors: Mapping[str, Tensor], metadata: CheckpointMetadata,
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_as_new_file(temporary: str | Path, path: Path) -> None:
+    """`os.replace(temporary, path)`, first giving `temporary` the mode `open()` would have given a
+    new file: `mkstemp` creates 0600, which would make a shared cache unreadable to its other users."""
+    os.chmod(temporary, 0o666 & ~_current_umask())
+    os.replace(temporary, path)
+
+
+def _current_umask() -> int:
+    # POSIX reads the umask only by setting it: set a strict one and restore it at once, so a file
+    # another thread creates in between is at worst too private, never too open.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def save_model(
@@ -190,15 +214,17 @@ def read_metadata(path: str | Path) -> CheckpointMetadata:
         raise CheckpointError(f"{path} has no vppcli metadata (write it with `vpp convert` or save_model)")
     try:
         data = json.loads(header[METADATA_KEY])
-        version = int(data["format_version"])
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: absurdly nested JSON
         raise CheckpointError(f"{path} has unreadable vppcli metadata ({first_line(error)})") from None
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} uses checkpoint format {version}, newer than this vppcli ({FORMAT_VERSION}); upgrade vppcli")
     try:
+        version = format_version(data)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} uses checkpoint format {version}, newer than this vppcli ({FORMAT_VERSION}); upgrade vppcli"
+            )
         return CheckpointMetadata.from_dict(data)
-    except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} has an invalid model config in its metadata ({first_line(error)})") from None
+    except validate.MetadataError as error:
+        raise CheckpointError(f"{path} has invalid vppcli metadata: {first_line(error)}") from None
 
 
 def load_model(
@@ -224,8 +250,13 @@ def load_model(
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: keep the caller's RNG untouched
-        model = build_model(metadata.config)
+    # A crafted config can pass the type checks and still not build: torch reports that with
+    # ValueError, RuntimeError or a bare assert (e.g. a width not divisible by the head count).
+    try:
+        with torch.random.fork_rng(devices=[]):  # the random init is overwritten: keep the caller's RNG untouched
+            model = build_model(metadata.config)
+    except (ValueError, ArithmeticError, RuntimeError, AssertionError) as error:
+        raise CheckpointError(f"{path}: its config does not describe a model vppcli can build ({first_line(error)})") from None
     expected = model.state_dict()
     problems = compare_state(expected, tensors)
     if problems.shapes or problems.kinds or (strict and not problems.matches):

@@ -74,6 +74,7 @@ OFFICIAL: tuple[OfficialWeights, ...] = (
     OfficialWeights("vpp-tiny-pkr41", "tiny", "0.4", 0.409, 40.9, 47.6, 43.6,
                     _OSF.format("bwhge"), _OSF.format("tg5ap"), _TINY),
 )  # fmt: skip
+# Registered ahead of its file: listed (and resolvable) only once `local_path` finds it.
 BUNDLED: tuple[BundledWeights, ...] = (
     BundledWeights("vpp-compact", "compact", "bundled: compact preset (Tiny backbone, light head)"),
 )
@@ -92,6 +93,9 @@ def official_entry(name: str) -> OfficialWeights:
     if isinstance(entry, OfficialWeights):
         return entry
     if isinstance(entry, BundledWeights):
+        if local_path(name) is None:
+            raise UsageError(f"{name} is a bundled model, never downloaded, and it is not shipped yet; "
+                             "use a released model (`vpp weights list` shows them)")
         raise UsageError(f"{name} is bundled with vppcli; there is nothing to download")
     raise UsageError(f"unknown weights {name!r}{_suggestion(name)}; `vpp weights list` shows the names")
 
@@ -142,8 +146,9 @@ def resolve_weights(weights: str | Path) -> Path:
     if isinstance(entry, OfficialWeights):
         raise CheckpointError(f"weights {text} are not downloaded yet; run: vpp weights download {text}")
     if isinstance(entry, BundledWeights):
+        # No release ships a bundled file yet, so a missing one means exactly that (not a broken install).
         raise CheckpointError(
-            f"bundled weights {text} are missing from {bundled_dirs()[0]} and {bundled_dirs()[1]}; reinstall vppcli"
+            f"the bundled model {text} is not shipped yet; use a released model (`vpp weights list` shows them)"
         )
     raise CheckpointError(
         f"{text!r} is neither a checkpoint file nor a known model name{_suggestion(text)}; "

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from vppcli.cli.app import app, fail, fail_with, stderr, stdout
 from vppcli.errors import EXIT_INTERRUPTED, VppError
@@ -63,18 +63,18 @@ def convert(
         stdout.print_json(json.dumps(summary))
         return
     table = _key_value_table(f"converted {src.name} -> {path}")
-    table.add_row("variant", f"{report.variant} ({'VPP' if report.block_style == 'vpp' else 'dense timm'} blocks)")
-    table.add_row("parameters", f"{conversion.num_parameters:,}")
-    table.add_row("schedule", f"{_schedule_text(config)} [dim](from {report.schedule_source})[/]")
-    table.add_row("Map-SM", report.map_module)
-    table.add_row("classes", _classes_text(config.class_names))
+    _add_row(table, "variant", f"{report.variant} ({'VPP' if report.block_style == 'vpp' else 'dense timm'} blocks)")
+    _add_row(table, "parameters", f"{conversion.num_parameters:,}")
+    _add_row(table, "schedule", Text.assemble(_schedule_text(config), (f" (from {report.schedule_source})", "dim")))
+    _add_row(table, "Map-SM", report.map_module)
+    _add_row(table, "classes", _classes_text(config.class_names))
     for label, items in (("dropped (unused)", report.ignored), ("BN counters set to 0", report.filled),
                          ("unexpected, dropped", report.unexpected), ("missing", report.missing),
                          ("wrong shape, dropped", report.mismatched)):  # fmt: skip
         if items:
-            table.add_row(label, escape(f"{len(items)}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"))
+            _add_row(table, label, f"{len(items)}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}")
     for note in report.notes:
-        table.add_row("note", escape(note))
+        _add_row(table, "note", note)
     stdout.print(table)
 
 
@@ -86,9 +86,10 @@ def list_weights(as_json: Annotated[bool, typer.Option("--json", help="Print the
     rows: list[dict[str, Any]] = []
     for bundled in BUNDLED:
         present = local_path(bundled.name)
+        if present is None:  # registered ahead of its file: listing it would offer a model that is not there
+            continue
         rows.append({"name": bundled.name, "kind": "bundled", "variant": bundled.variant, "description": bundled.description,
-                     "size_bytes": present.stat().st_size if present else None,
-                     "local_path": str(present) if present else None})
+                     "size_bytes": present.stat().st_size, "local_path": str(present)})
     for entry in OFFICIAL:
         present = local_path(entry.name)
         rows.append({"name": entry.name, "kind": "official", "variant": entry.variant, "schedule": entry.schedule,
@@ -99,7 +100,7 @@ def list_weights(as_json: Annotated[bool, typer.Option("--json", help="Print the
     if as_json:
         stdout.print_json(json.dumps({"cache": str(cache_dir()), "weights": rows}))
         return
-    table = Table(title=f"vpp weights (cache: {escape(str(cache_dir()))})", title_justify="left")
+    table = Table(title=Text(f"vpp weights (cache: {cache_dir()})"), title_justify="left")
     table.add_column("name", no_wrap=True)
     for column in ("PKR", "AP_track", "size"):
         table.add_column(column, justify="right", no_wrap=True)
@@ -111,9 +112,9 @@ def list_weights(as_json: Annotated[bool, typer.Option("--json", help="Print the
             row["name"],
             f"{row['keep_ratio']:.1%}" if official else "-",
             f"{row['ap_track']:.1f}" if official else "-",
-            f"{row['size_bytes'] / 1e6:.0f} MB" if row["size_bytes"] else "-",
-            "[green]yes[/]" if row["local_path"] else "no",
-            row["url"] if official else row["description"],
+            f"{row['size_bytes'] / 1e6:.0f} MB",
+            Text("yes", style="green") if row["local_path"] else "no",
+            Text(row["url"] if official else row["description"]),
         )
     stdout.print(table)
     stderr.print("AP_track: YouTube-VIS 2021, from the authors' README. Get one with: vpp weights download NAME",
@@ -135,7 +136,7 @@ def download(
         target = cache_dir() / entry.file_name
         if target.is_file() and not force:
             stderr.print(f"{name} is already downloaded (--force downloads it again)")
-            stdout.print(str(target), highlight=False)
+            stdout.print(str(target), markup=False, highlight=False)
             return
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn())  # fmt: skip
@@ -148,8 +149,8 @@ def download(
         raise fail_with(error) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED) from None
-    stderr.print(f"saved to {path}")
-    stdout.print(str(path), highlight=False)
+    stderr.print(f"saved to {path}", markup=False)
+    stdout.print(str(path), markup=False, highlight=False)
 
 
 @app.command()
@@ -173,30 +174,37 @@ def info(
         return
     config = metadata.config
     table = _key_value_table(str(path))
-    table.add_row("variant", metadata.variant + (f" (overrides: {_overrides_text(overrides)})" if overrides else ""))
-    table.add_row("parameters", f"{metadata.num_parameters:,}")
-    table.add_row("schedule", _schedule_text(config))
-    table.add_row("input size", f"{metadata.input_size[0]}x{metadata.input_size[1]} (long side "
-                                f"{config.preprocess.long_side}, padded to {config.preprocess.pad_divisor})")
-    table.add_row("classes", _classes_text(config.class_names))
+    _add_row(table, "variant", metadata.variant + (f" (overrides: {_overrides_text(overrides)})" if overrides else ""))
+    _add_row(table, "parameters", f"{metadata.num_parameters:,}")
+    _add_row(table, "schedule", _schedule_text(config))
+    _add_row(table, "input size", f"{metadata.input_size[0]}x{metadata.input_size[1]} (long side "
+                                  f"{config.preprocess.long_side}, padded to {config.preprocess.pad_divisor})")
+    _add_row(table, "classes", _classes_text(config.class_names))
     if metadata.dataset:
-        table.add_row("dataset", escape(metadata.dataset))
-    table.add_row("dataset ids", _ids_text(config.category_ids))
+        _add_row(table, "dataset", metadata.dataset)
+    _add_row(table, "dataset ids", _ids_text(config.category_ids))
     for key, value in metadata.provenance.items():
-        table.add_row(key, escape(value))
+        _add_row(table, key, value)
     for label, value in (("license", metadata.license), ("notes", metadata.notes)):
         if value:
-            table.add_row(label, escape(value))
+            _add_row(table, label, value)
     if metadata.missing_keys:
-        table.add_row("partial", f"{len(metadata.missing_keys)} tensors missing; loads only with strict=False")
+        _add_row(table, "partial", f"{len(metadata.missing_keys)} tensors missing; loads only with strict=False")
     stdout.print(table)
 
 
 def _key_value_table(title: str) -> Table:
-    table = Table(title=title, show_header=False, box=None, title_justify="left", padding=(0, 2, 0, 0))
+    """A label/value table; the title is plain text (it holds paths)."""
+    table = Table(title=Text(title), show_header=False, box=None, title_justify="left", padding=(0, 2, 0, 0))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     return table
+
+
+def _add_row(table: Table, label: str, value: str | Text) -> None:
+    """Labels and values come from paths, checkpoints and their metadata: plain `Text`, never rich
+    markup, so `[final]` stays visible and `[/x]` cannot break the output."""
+    table.add_row(Text(label), value if isinstance(value, Text) else Text(value))
 
 
 def _schedule_text(config: VppConfig) -> str:
@@ -211,7 +219,7 @@ def _schedule_text(config: VppConfig) -> str:
 
 
 def _classes_text(names: tuple[str, ...]) -> str:
-    return escape(f"{len(names)}: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+    return f"{len(names)}: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}"
 
 
 def _ids_text(ids: tuple[int, ...]) -> str:
