@@ -88,6 +88,38 @@ def test_load_dataset_sorts_and_checks(tmp_path):
         load_dataset(broken, None)
 
 
+@pytest.mark.parametrize(("section", "change", "message"), [
+    ("annotations", {"video_id": None}, r"annotations\[0\] \(id 1\) has no video_id"),
+    ("annotations", {"category_id": "1"}, r"annotations\[0\] \(id 1\): category_id '1' is not an integer"),
+    ("annotations", {"segmentations": 5}, r"annotations\[0\] \(id 1\): segmentations 5 is not a list"),
+    ("videos", {"height": 0}, r"videos\[0\] \(id 7\): height 0 is not a positive integer"),
+    ("videos", {"file_names": [1, 2]}, r"videos\[0\] \(id 7\): file_names \[1, 2\] is not a non-empty list"),
+    ("videos", {"id": None}, r"videos\[0\] has no id"),
+    ("categories", {"name": 3}, r"categories\[0\] \(id 1\): name 3 is not a string"),
+])
+def test_malformed_entries_are_named_in_one_line(tmp_path, section, change, message):
+    data = build_fixture(tmp_path).data
+    entry = {k: v for k, v in {**data[section][0], **change}.items() if v is not None}
+    data[section][0] = entry
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=f"broken.json: {message}") as raised:
+        load_dataset(broken, None)
+    assert "\n" not in str(raised.value)
+
+
+def test_sections_of_the_wrong_shape_are_refused(tmp_path):
+    data = build_fixture(tmp_path).data
+    broken = tmp_path / "broken.json"
+    for payload, message in (({**data, "annotations": {}}, "annotations is not a list"),
+                             ({**data, "videos": [3]}, r"videos\[0\] is not an object")):
+        broken.write_text(json.dumps(payload))
+        with pytest.raises(InputError, match=message):
+            load_dataset(broken, None)
+    broken.write_text(json.dumps({**data, "annotations": None}))  # as a split without ground truth may have
+    assert not load_dataset(broken, None).has_ground_truth
+
+
 def test_class_matching_by_name():
     config = preset("compact")
     ytvis21 = [Category(i + 1, name) for i, name in enumerate(YTVIS_2021_CLASSES)]

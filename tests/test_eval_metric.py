@@ -165,12 +165,30 @@ def test_results_for_unknown_videos_are_refused_naming_them():
 @pytest.mark.parametrize(("segmentations", "message"), [
     ([None, None], "result 0 \\(video 1\\) has 2 segmentations, the video has 3 frames"),
     ([compressed_rle(box(0, 0, 5, 5, 20, 20)), None, None], "frame 0: expected an RLE of size \\[40, 50\\]"),
+    ([None, {"size": [H, W], "counts": 5}, None], "frame 1: bad RLE counts 5"),
+    ([None, None, {"size": [H, W], "counts": ["a"]}], "frame 2: bad RLE counts \\['a'\\]"),
+    ([{"size": [H, W], "counts": [-1, H * W + 1]}, None, None], "frame 0: bad RLE counts"),
+    ([{"size": [H, W], "counts": [5, 6]}, None, None], f"frame 0: bad RLE counts .* summing to {H}x{W} pixels"),
+    # The last digit carries the continuation bit: pycocotools would read past the string's end.
+    ([{"size": [H, W], "counts": "0o"}, None, None], "frame 0: bad RLE counts '0o'"),
 ])
 def test_malformed_results_are_refused_naming_the_video(segmentations, message):
     annotations = gt_file([gt(1, 1, OBJECT)])
     result = {"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": segmentations}
     with pytest.raises(InputError, match=message):
         evaluate_results(annotations, [result])
+
+
+@pytest.mark.parametrize(("segmentation", "message"), [
+    (5, "annotation 1 of video 1, frame 1: expected polygons or an RLE of size \\[40, 50\\], got 5"),
+    ({"size": [H, W], "counts": [1, 2]}, "annotation 1 of video 1, frame 1: bad RLE counts \\[1, 2\\]"),
+    (compressed_rle(box(0, 0, 5, 5, 20, 20)), "frame 1: expected polygons or an RLE of size \\[40, 50\\]"),
+])
+def test_malformed_ground_truth_masks_are_refused_naming_the_annotation(segmentation, message):
+    annotations = gt_file([gt(1, 1, OBJECT)])
+    annotations["annotations"][0]["segmentations"][1] = segmentation
+    with pytest.raises(InputError, match=message):
+        evaluate_results(annotations, [])
 
 
 @pytest.mark.parametrize(("result", "message"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -15,10 +16,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.ytvis_fixture import CATEGORIES, Fixture, build_fixture, perfect_results
+from tests.ytvis_fixture import CATEGORIES, HEIGHT, WIDTH, Fixture, build_fixture, perfect_results
 from vppcli.checkpoints import save_model
 from vppcli.cli import app
 from vppcli.config import YTVIS_2021_CLASSES, preset
+from vppcli.evaluation import Category
 from vppcli.evaluation import runner as eval_runner
 from vppcli.model.rovis import build_model
 
@@ -136,10 +138,89 @@ def test_interrupted_run_resumes_to_identical_results(data, weights, baseline, t
 def test_two_shards_give_identical_results(data, weights, baseline, tmp_path):
     report, out = baseline
     sharded = _eval(data, weights, tmp_path, "--shards", "2")
+    # Random weights score alike whatever the tracks; the equal, non-empty files are the real check.
+    assert json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
     assert sharded["metrics"] == report["metrics"]
     for key in ("frames", "keep_ratio", "keep_ratio_per_block", "gflops_per_frame"):
         assert sharded["efficiency"][key] == report["efficiency"][key]
+
+
+def test_a_failing_shard_is_one_line_with_its_exit_code(weights, tmp_path):
+    data = build_fixture(tmp_path / "data")
+    (data.images / "video_1" / "00010.jpg").write_bytes(b"not a jpeg")  # video 3, found only when read
+    result = runner.invoke(app, ["eval", "--dataset", "ytvis21", "--data-root", str(data.root), "--split", "train",
+                                 "--weights", str(weights), "-o", str(tmp_path / "out"), *FAST, "--shards", "2",
+                                 "--limit", "2"])
+    assert result.exit_code == 3, result.output
+    assert "video_1/00010.jpg" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_interrupting_a_sharded_run_stops_the_workers(data, weights, tmp_path, monkeypatch):
+    count_done = eval_runner._count_done
+    calls = {"n": 0}
+
+    def interrupt_after_start(job):
+        calls["n"] += 1  # the first call checks the output directory, the next ones poll the workers
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return count_done(job)
+
+    monkeypatch.setattr(eval_runner, "_count_done", interrupt_after_start)
+    result = runner.invoke(app, ["eval", "--dataset", "ytvis21", "--data-root", str(data.root), "--split", "train",
+                                 "--weights", str(weights), "-o", str(tmp_path), *FAST, "--shards", "2"])
+    assert result.exit_code == 130 and "--resume" in result.stderr, result.output
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize(("run_file", "message"), [("{", "is not valid JSON"), ("[1]", "is not a run record")])
+def test_an_unusable_run_record_blocks_resume_but_not_overwrite(data, weights, tmp_path, run_file, message):
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    (predictions / "run.json").write_text(run_file)
+    args = ["eval", "--dataset", "ytvis21", "--data-root", str(data.root), "--split", "train", "--weights",
+            str(weights), "-o", str(tmp_path), "--videos", "3", *FAST]
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 3 and message in resumed.stderr and "--overwrite" in resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1 and "Traceback" not in resumed.output
+    assert runner.invoke(app, args).exit_code == 2  # neither: the earlier run is not discarded silently
+    overwritten = runner.invoke(app, [*args, "--overwrite"])
+    assert overwritten.exit_code == 0, overwritten.output
+    assert json.loads((predictions / "run.json").read_text())["weights"] == str(weights)
+
+
+def test_a_random_preset_leaves_the_global_rng_alone():
+    categories = tuple(Category(c["id"], c["name"]) for c in CATEGORIES)
+    settings = eval_runner.RunSettings(eval_runner.ModelSpec(preset="compact"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)  # a state the model's own seeding could not leave behind by chance
+        state = torch.random.get_rng_state()
+        first, _ = eval_runner.load_eval_model(settings, categories, torch.device("cpu"))
+        assert torch.equal(torch.random.get_rng_state(), state)
+        torch.rand(3)  # whatever the caller's RNG did, every process builds the same weights
+        second, _ = eval_runner.load_eval_model(settings, categories, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_user_paths_are_printed_verbatim(data, weights, tmp_path):
+    out = tmp_path / "r[/z]" / "[final]"
+    result = runner.invoke(app, ["eval", "--dataset", "ytvis21", "--data-root", str(data.root), "--split", "train",
+                                 "--weights", str(weights), "-o", str(out), "--videos", "3", *FAST])
+    assert result.exit_code == 0, result.output
+    assert f"metrics: {out / 'metrics.json'}" in result.stdout
+    assert f"submission: {out / 'results.zip'}" in result.stdout
+
+
+@pytest.mark.parametrize("counts", [5, ["a"]])
+def test_bad_rle_counts_in_predictions_are_one_line(data, tmp_path, counts):
+    results = perfect_results(data.data)
+    results[0]["segmentations"][0] = {"size": [HEIGHT, WIDTH], "counts": counts}
+    predictions = tmp_path / "results.json"
+    predictions.write_text(json.dumps(results))
+    result = runner.invoke(app, ["eval", "--predictions", str(predictions), "--annotations", str(data.annotation_file)])
+    assert result.exit_code == 3 and "result 0 (video 7), frame 0: bad RLE counts" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_preset_on_a_split_without_ground_truth_in_the_mmtrack_layout(tmp_path):
@@ -211,6 +292,7 @@ def test_torchrun_ranks_split_the_videos_and_rank_0_merges(data, weights, baseli
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["metrics"] == report["metrics"]  # printed once, by rank 0
+    assert json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
 
 
@@ -232,3 +314,14 @@ def test_local_validation_split_from_train(data, tmp_path):
     assert scored.exit_code == 0 and json.loads(scored.stdout)["metrics"]["AP"] == pytest.approx(1.0)
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.stderr
+
+
+def test_eval_split_names_an_annotation_without_a_video(data, tmp_path):
+    broken = dict(data.data, annotations=[{k: v for k, v in a.items() if k != "video_id"}
+                                          for a in data.data["annotations"]])
+    annotations = tmp_path / "broken.json"
+    annotations.write_text(json.dumps(broken))
+    result = runner.invoke(app, ["eval-split", "--annotations", str(annotations), "--val-videos", "1",
+                                 "-o", str(tmp_path)])
+    assert result.exit_code == 3 and "annotations[0] (id 1) has no video_id" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from vppcli.cli.app import DType, Device, app, error_line, fail_with, stderr, stdout
 from vppcli.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, InputError, UsageError, VppError
@@ -27,6 +29,8 @@ from vppcli.evaluation.efficiency import EfficiencyReport
 from vppcli.evaluation.metric import METRIC_NAMES, VideoAP, evaluate_results, load_results
 
 DEFAULT_OUTPUT_DIR = Path("runs/eval")
+
+logger = logging.getLogger(__name__)
 
 
 @app.command("eval", epilog=EXIT_CODES_HELP)
@@ -128,11 +132,11 @@ def _run(data: YtvisDataset, source: dict[str, Any], chosen: tuple[Video, ...], 
     job = runner.make_job(data, [v.id for v in chosen], settings, output_dir, resume, overwrite)
     rank = int(os.environ.get("RANK", "0"))
     if settings.model.preset is not None and rank == 0:
-        stderr.print(f"[yellow]warning:[/] --preset {settings.model.preset}: random weights, the scores are "
-                     "meaningless (for testing the pipeline)")
+        logger.warning("--preset %s: random weights, the scores are meaningless (for testing the pipeline)",
+                       settings.model.preset)
     if not data.has_ground_truth and rank == 0:
-        stderr.print(f"{data.annotation_file} has no ground truth (as the official valid/test splits): writing "
-                     "the submission files only; upload results.zip to the evaluation server for AP")
+        logger.warning("%s has no ground truth (as the official valid/test splits): writing the submission files "
+                       "only; upload results.zip to the evaluation server for AP", data.annotation_file)
     # Loaded here (on the CPU) so that a class mismatch is refused before any worker starts.
     loaded = runner.load_eval_model(settings, data.categories, torch.device("cpu"))
     with _progress(rank != 0) as progress:
@@ -142,6 +146,8 @@ def _run(data: YtvisDataset, source: dict[str, Any], chosen: tuple[Video, ...], 
             progress.update(task, completed=done, total=total)
 
         if shards > 1:
+            # torch warns as it stops the other workers after one failed: expected, and not the error to show.
+            logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
             outcome = runner.run_sharded(job, shards, on_progress)
         else:
             outcome = runner.run(job, on_progress, loaded)
@@ -205,13 +211,14 @@ def _print_report(payload: dict[str, Any], scored: VideoAP | None, outcome: runn
             classes.add_column("category")
             classes.add_column("AP", justify="right")
             for name, value in scored.per_category.items():
-                classes.add_row(name, _percent(value))
+                classes.add_row(Text(name), _percent(value))  # a dataset's name, not markup
             stdout.print(classes)
     if outcome is not None:
         _print_efficiency(outcome.efficiency)
-        stdout.print(f"submission: {payload['submission']}  (results.json: {payload['results']})")
+        # Paths are the user's: printed without markup, so `[...]` in them is neither lost nor an error.
+        stdout.print(f"submission: {payload['submission']}  (results.json: {payload['results']})", markup=False)
     if "metrics_file" in payload:
-        stdout.print(f"metrics: {payload['metrics_file']}")
+        stdout.print(f"metrics: {payload['metrics_file']}", markup=False)
 
 
 def _print_efficiency(report: EfficiencyReport) -> None:
@@ -260,5 +267,7 @@ def eval_split(
     except VppError as error:
         raise fail_with(error) from None
     frames = f" --images {image_root}" if image_root is not None else " --images .../JPEGImages"
-    stdout.print(f"{targets[0]}: {len(held_out['videos'])} videos; {targets[1]}: {len(rest['videos'])} videos")
-    stdout.print(f"evaluate with: vpp eval --annotations {targets[0]}{frames} --weights ...", highlight=False)
+    stdout.print(f"{targets[0]}: {len(held_out['videos'])} videos; {targets[1]}: {len(rest['videos'])} videos",
+                 markup=False)
+    stdout.print(f"evaluate with: vpp eval --annotations {targets[0]}{frames} --weights ...", markup=False,
+                 highlight=False)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vppcli.config import VppConfig
 from vppcli.errors import InputError, UsageError
-from vppcli.evaluation.metric import listing
+from vppcli.evaluation.metric import brief, is_integer, listing
 from vppcli.outputs.atomic import AtomicFile, ensure_output_dir
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,14 @@ def load_dataset(annotation_file: Path, image_root: Path | None) -> YtvisDataset
     if not isinstance(data, dict) or not isinstance(data.get("videos"), list) \
             or not isinstance(data.get("categories"), list):
         raise InputError(f"{annotation_file} is not a YouTube-VIS annotation file (no videos or categories)")
-    try:
-        categories = tuple(sorted((Category(int(c["id"]), str(c["name"])) for c in data["categories"]),
-                                  key=lambda c: c.id))
-        videos = tuple(sorted((_video(v, annotation_file) for v in data["videos"]), key=lambda v: v.id))
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"{annotation_file}: malformed video or category entry ({error!r})") from None
+    # Files without ground truth lack annotations or (like some official valid splits) hold null.
+    if not isinstance(data.get("annotations", []), (list, type(None))):
+        raise InputError(f"{annotation_file}: annotations is not a list")
+    for section, fields in _FIELDS.items():
+        for position, entry in enumerate(data.get(section) or []):
+            _check_entry(entry, f"{annotation_file}: {section}[{position}]", fields)
+    categories = tuple(sorted((Category(int(c["id"]), c["name"]) for c in data["categories"]), key=lambda c: c.id))
+    videos = tuple(sorted((_video(v, annotation_file) for v in data["videos"]), key=lambda v: v.id))
     if len({v.id for v in videos}) != len(videos):
         raise InputError(f"{annotation_file}: duplicate video ids")
     return YtvisDataset(annotation_file, image_root, videos, categories, bool(data.get("annotations")), data)
@@ -225,8 +227,42 @@ def match_classes(config: VppConfig, categories: Sequence[Category], allow_misma
     return ClassMapping(ids, shared, model_only, dataset_only)
 
 
+def _is_size(value: Any) -> bool:
+    return is_integer(value) and value > 0
+
+
+def _is_file_names(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(name, str) for name in value)
+
+
+# Per section of the annotation file: field -> (required, check, what the check wants). What the
+# metric, the split and the runner read, checked up front so that a bad entry is named in one line.
+_FIELDS: dict[str, dict[str, tuple[bool, Callable[[Any], bool], str]]] = {
+    "videos": {"id": (True, is_integer, "an integer"), "height": (True, _is_size, "a positive integer"),
+               "width": (True, _is_size, "a positive integer"),
+               "file_names": (True, _is_file_names, "a non-empty list of file names"),
+               "length": (False, is_integer, "an integer")},
+    "categories": {"id": (True, is_integer, "an integer"), "name": (True, lambda v: isinstance(v, str), "a string")},
+    "annotations": {"video_id": (True, is_integer, "an integer"), "category_id": (True, is_integer, "an integer"),
+                    "segmentations": (True, lambda v: isinstance(v, list), "a list")},
+}
+
+
+def _check_entry(entry: Any, where: str, fields: Mapping[str, tuple[bool, Callable[[Any], bool], str]]) -> None:
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} is not an object")
+    if "id" in entry:
+        where += f" (id {brief(entry['id'])})"
+    for key, (required, check, wanted) in fields.items():
+        if key not in entry:
+            if required:
+                raise InputError(f"{where} has no {key}")
+        elif not check(entry[key]):
+            raise InputError(f"{where}: {key} {brief(entry[key])} is not {wanted}")
+
+
 def _video(raw: Mapping[str, Any], annotation_file: Path) -> Video:
-    video = Video(int(raw["id"]), int(raw["height"]), int(raw["width"]), tuple(str(f) for f in raw["file_names"]))
+    video = Video(int(raw["id"]), int(raw["height"]), int(raw["width"]), tuple(raw["file_names"]))
     if "length" in raw and int(raw["length"]) != video.length:
         raise InputError(f"{annotation_file}: video {video.id} has length {raw['length']} "
                          f"but {video.length} file names")

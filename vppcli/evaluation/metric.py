@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import zipfile
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
@@ -48,6 +49,9 @@ SUMMARY: tuple[tuple[str, bool, float | None, str, int], ...] = (
 )
 METRIC_NAMES: tuple[str, ...] = tuple(row[0] for row in SUMMARY)
 _MAX_NAMED = 10
+# COCO's compressed counts: 6-bit digits offset by '0'; the last digit of a number (so of the
+# string) lacks the continuation bit (0x20), else pycocotools' decoder reads past the end.
+_COMPRESSED_COUNTS = re.compile("[0-o]*[0-O]")
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ def evaluate_results(annotations: Mapping[str, Any], results: Sequence[Any],
         if not isinstance(result, Mapping):
             raise InputError(f"result {position} is not an object")
         for key in ("video_id", "category_id"):
-            if not _is_integer(result.get(key)):
+            if not is_integer(result.get(key)):
                 raise InputError(f"result {position}: {key} {result.get(key)!r} is not an integer")
     unknown = sorted({int(r["video_id"]) for r in results} - set(videos))
     if unknown:
@@ -236,7 +240,9 @@ def _ground_truth(ann: Mapping[str, Any], video: Mapping[str, Any]) -> _Track:
     if len(ann["segmentations"]) != _video_length(video):
         raise InputError(f"annotation {ann.get('id')} of video {video['id']} has {len(ann['segmentations'])} "
                          f"segmentations, the video has {_video_length(video)} frames")
-    masks = [_gt_rle(seg, height, width) if seg else None for seg in ann["segmentations"]]
+    where = f"annotation {ann.get('id')} of video {video['id']}"
+    masks = [_gt_rle(seg, height, width, f"{where}, frame {frame}") if seg else None
+             for frame, seg in enumerate(ann["segmentations"])]
     mask_areas = [int(mask_utils.area(m)) if m is not None else 0 for m in masks]
     # The official evaluator bins ground truth by its annotated `areas`, not by its masks.
     areas = [a for a in ann.get("areas", mask_areas) if a]
@@ -250,12 +256,31 @@ def _number(ground_truth: dict[tuple[int, int], list[_Track]]) -> None:
         track.id = number
 
 
-def _gt_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+def _gt_rle(segmentation: Any, height: int, width: int, where: str) -> dict[str, Any]:
     if isinstance(segmentation, list):  # polygons
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation.get("counts"), list):  # uncompressed RLE, the usual GT form
-        return mask_utils.frPyObjects(segmentation, height, width)
-    return dict(segmentation)
+    if not isinstance(segmentation, Mapping) or "counts" not in segmentation \
+            or segmentation.get("size", [height, width]) != [height, width]:
+        raise InputError(f"{where}: expected polygons or an RLE of size {[height, width]}, got {brief(segmentation)}")
+    return _rle(segmentation["counts"], [height, width], where)
+
+
+def _rle(counts: Any, size: list[int], where: str) -> dict[str, Any]:
+    """A compressed RLE of `size` that pycocotools can read: its C code trusts the counts, so a
+    string must be well formed and run lengths must cover the frame exactly."""
+    if isinstance(counts, str):
+        if _COMPRESSED_COUNTS.fullmatch(counts):
+            return {"size": size, "counts": counts}
+    elif isinstance(counts, list):
+        try:
+            runs = np.asarray(counts)  # integers only: bools, floats, strings and nesting change the dtype
+        except ValueError:  # ragged nesting
+            runs = np.asarray([], dtype=object)
+        if runs.dtype.kind == "i" and runs.ndim == 1 and (runs >= 0).all() and runs.sum() == size[0] * size[1]:
+            # Uncompressed run lengths (the usual ground-truth form) are converted rather than refused.
+            return mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
+    raise InputError(f"{where}: bad RLE counts {brief(counts)} (expected a COCO RLE string, or run lengths "
+                     f"summing to {size[0]}x{size[1]} pixels)")
 
 
 def _detection(result: Mapping[str, Any], position: int, videos: Mapping[int, Mapping[str, Any]]) -> _Track:
@@ -275,10 +300,10 @@ def _detection(result: Mapping[str, Any], position: int, videos: Mapping[int, Ma
         if not seg:
             masks.append(None)
             continue
-        if not isinstance(seg, Mapping) or "counts" not in seg or list(seg.get("size", ())) != size:
-            raise InputError(f"{where}, frame {frame}: expected an RLE of size {size}, got {_brief(seg)}")
-        # Compressed counts (str) are the format; uncompressed lists are converted rather than refused.
-        masks.append(mask_utils.frPyObjects(dict(seg), *size) if isinstance(seg["counts"], list) else dict(seg))
+        if not isinstance(seg, Mapping) or "counts" not in seg or not isinstance(seg.get("size"), list) \
+                or seg["size"] != size:
+            raise InputError(f"{where}, frame {frame}: expected an RLE of size {size}, got {brief(seg)}")
+        masks.append(_rle(seg["counts"], size, f"{where}, frame {frame}"))
     mask_areas = [int(mask_utils.area(m)) if m is not None else 0 for m in masks]
     present = [a for a in mask_areas if a]
     try:
@@ -288,7 +313,7 @@ def _detection(result: Mapping[str, Any], position: int, videos: Mapping[int, Ma
     return _Track(position + 1, float(np.mean(present)) if present else 0.0, 0, score, masks, mask_areas)
 
 
-def _is_integer(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
     """JSON integers (also written as 5.0), not booleans or strings."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer()
 
@@ -317,6 +342,6 @@ def listing(items: Sequence[Any]) -> str:
     return shown + (f" and {len(items) - _MAX_NAMED} more" if len(items) > _MAX_NAMED else "")
 
 
-def _brief(value: Any) -> str:
+def brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -54,6 +54,7 @@ YTVIS_FPS = 6.0
 # Shards finish at different times; the default 30 min gloo timeout would fail slow stragglers.
 _GROUP_TIMEOUT = timedelta(hours=48)
 _POLL_SECONDS = 0.5
+_STOP_SECONDS = 10.0  # how long a terminated worker gets to exit before the launcher stops waiting
 
 Progress = Callable[[int, int], None]
 
@@ -163,8 +164,10 @@ def load_eval_model(settings: RunSettings, categories: Sequence[Category],
             class_names=tuple(c.name for c in categories), category_ids=tuple(c.id for c in categories),
             head=dataclasses.replace(config.head, num_classes=len(categories)),
         )
-        torch.manual_seed(0)
-        model = build_model(config)
+        # Seeded in a forked RNG: the caller's global random state stays as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(config)
     else:
         from vppcli.checkpoints import load_model
 
@@ -208,14 +211,16 @@ def run_sharded(job: EvalJob, shards: int, progress: Progress | None = None) -> 
         while not context.join(timeout=_POLL_SECONDS):
             if progress is not None:
                 progress(_count_done(job), len(job.tasks))
-    except torch_mp.ProcessException:
+    except (torch_mp.ProcessExitedException, torch_mp.ProcessRaisedException):
+        # join() has stopped the other workers; a VppError the worker sent back is the user's to see.
         if not errors.empty():
             raise errors.get() from None
         raise
     except BaseException:  # e.g. Ctrl-C: stop the workers; their finished videos are kept
         for process in context.processes:
-            if process.is_alive():
-                process.terminate()
+            process.terminate()  # nothing for those already gone
+        for process in context.processes:
+            process.join(_STOP_SECONDS)
         raise
     if progress is not None:
         progress(len(job.tasks), len(job.tasks))
@@ -228,25 +233,42 @@ def prepare_output(job: EvalJob) -> int:
     directory = job.predictions_dir
     ensure_output_dir(directory)
     run_file = directory / RUN_FILE
-    previous = read_json(run_file) if run_file.is_file() else None
     earlier = [p for p in directory.glob("*.json") if p.name != RUN_FILE]
     fingerprint = job.fingerprint()
     if job.resume:
+        previous = _previous_settings(run_file)
         if previous is not None and previous != fingerprint:
             changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
             raise UsageError("--resume: " + "; ".join(
                 f"{k} was {previous.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed
             ) + f"; use the earlier settings or another --output-dir than {job.output_dir}")
-    elif previous is not None or earlier:
+    elif run_file.exists() or earlier:
         if not job.overwrite:
             raise UsageError(f"{directory} holds predictions of an earlier run; pass --resume to continue it "
                              "or --overwrite to start again")
         for path in [*earlier, run_file]:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                raise OutputError(f"--overwrite: cannot remove {path}: {error.strerror or error}") from None
     for leftover in directory.glob(".*.tmp-*"):  # temporaries of a run that was killed mid-write
         remove_quietly(leftover)
     write_json(run_file, fingerprint)
     return _count_done(job)
+
+
+def _previous_settings(run_file: Path) -> dict[str, Any] | None:
+    """The settings an earlier run recorded, or None if it recorded none; read only for --resume,
+    so that a damaged file never stands in the way of --overwrite."""
+    if not run_file.exists():
+        return None
+    try:
+        previous = read_json(run_file)
+    except InputError as error:
+        raise InputError(f"--resume: {error}; pass --overwrite to start again") from None
+    if not isinstance(previous, dict):
+        raise InputError(f"--resume: {run_file} is not a run record (a JSON object); pass --overwrite to start again")
+    return previous
 
 
 def collect(job: EvalJob, resumed: int = 0) -> RunOutcome:
@@ -275,19 +297,20 @@ def collect(job: EvalJob, resumed: int = 0) -> RunOutcome:
 
 def _worker(rank: int, job: EvalJob, world: int, port: int, errors: Any) -> None:
     """One process of `run_sharded`; a VppError goes back to the launcher through `errors`."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=_GROUP_TIMEOUT)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=_GROUP_TIMEOUT)
-        try:
-            if job.settings.threads is None:  # share the cores instead of oversubscribing them
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-            _process_shard(job, rank, world, rank, None, None)
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        if job.settings.threads is None:  # share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        _process_shard(job, rank, world, rank, None, None)
+        dist.barrier()
     except VppError as error:
+        # Sent before the group goes down: the peers fail only after that, so the launcher finds
+        # this error queued whichever failed process it notices first.
         errors.put(error)
         raise SystemExit(error.exit_code) from None
+    finally:
+        dist.destroy_process_group()
 
 
 def _process_shard(job: EvalJob, rank: int, world: int, local_rank: int, progress: Progress | None,
