@@ -27,16 +27,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def current_rss_mib(pid: int) -> float | None:
+    """Resident set size of a live process (Linux /proc; None elsewhere or once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def measure(command: list[str]) -> None:
-    """Child mode: run `command`, print its peak RSS in MiB and wall time as JSON."""
+    """Child mode: run `command`; print its peak RSS (MiB), wall time, and its RSS sampled every
+    half second, reduced to the RSS at each tenth of the run (growth shows up as a trend there)."""
     started = time.perf_counter()
-    completed = subprocess.run(command, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    samples: list[float] = []
+    while process.poll() is None:
+        rss = current_rss_mib(process.pid)
+        if rss is not None:
+            samples.append(rss)
+        time.sleep(0.5)
     seconds = time.perf_counter() - started
-    if completed.returncode != 0:
-        raise SystemExit(f"command failed with exit code {completed.returncode}: {' '.join(command)}")
+    if process.returncode != 0:
+        raise SystemExit(f"command failed with exit code {process.returncode}: {' '.join(command)}")
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2**20
-    print(json.dumps({"peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1)}))
+    tenths = [round(samples[min(len(samples) - 1, len(samples) * k // 10)], 1) for k in range(1, 11)] if samples else []
+    print(json.dumps({"peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1), "rss_mib_by_tenth": tenths}))
 
 
 def detecting_checkpoint(preset_name: str, path: Path) -> Path:
