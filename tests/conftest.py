@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -30,3 +32,13 @@ def detecting_model() -> VppModel:
                                                         new_score_threshold=0.0))
     torch.manual_seed(0)
     return build_model(config)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask for one test, whatever the runner's; the previous one is restored after."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)

@@ -6,9 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from vppcli.config import VppConfig, preset
+from vppcli.config import VppConfig
 from vppcli.model.rovis import VppModel, build_model
 
 # Copies of ../shared/docs/keys_vpp_*.txt: every key and shape an official checkpoint holds.

@@ -9,7 +9,6 @@ import hashlib
 import http.server
 import io
 import json
-import os
 import stat
 import threading
 from collections import namedtuple
@@ -105,15 +104,6 @@ def served(payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     server.shutdown()
     server.server_close()
 
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The usual umask for one test, whatever the runner's; the previous one is restored after."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def _cache(tmp_path: Path) -> list[str]:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,15 +204,6 @@ def test_a_config_that_cannot_build_is_a_checkpoint_error(saved: Path, tmp_path:
     with pytest.raises(CheckpointError, match="does not describe a model vppcli can build"):
         load_model(crafted, strict=False)
 
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The usual umask for one test, whatever the runner's; the previous one is restored after."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 @pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o002, 0o664)])

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
 from vppcli.config import VppConfig
 from vppcli.model.flops import frame_flops

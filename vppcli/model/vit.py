@@ -7,7 +7,6 @@ tokens are neither queries nor keys/values, as in the reference's eval path.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
