@@ -55,6 +55,7 @@ def test_every_format_round_trips(clip: Path, tmp_path: Path, detecting_model: V
     assert [f["frame"] for f in frames] == list(range(FRAMES))
     assert [f["timestamp"] for f in frames] == pytest.approx([i / FPS for i in range(FRAMES)], abs=1e-5)
     assert summary["frames"] == FRAMES and summary["failed"] == []
+    assert summary["videos"][0]["overlay_encoder"].startswith(("libx264", "mp4v"))
     out = tmp_path / "clip"
     assert sorted(p.name for p in out.iterdir()) == ["coco.json", "masks", "overlay.mp4", "ytvis.json"]
 

@@ -28,7 +28,7 @@ from vppcli.inference import VideoPredictor
 from vppcli.model.flops import frame_flops
 from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator
-from vppcli.outputs import finish_and_commit, open_writers
+from vppcli.outputs import OverlayWriter, finish_and_commit, open_writers
 from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
 from vppcli.results import FrameInstances, TrackSummary
 from vppcli.video import FrameSelection, FrameSource, open_source
@@ -60,6 +60,7 @@ class VideoResult:
     gflops_sum: float = 0.0
     tracks: list[TrackSummary] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
+    overlay_encoder: str | None = None  # e.g. "libx264 yuv420p (ffmpeg at ...)" or "mp4v (OpenCV)"
 
     @property
     def fps(self) -> float:
@@ -86,6 +87,7 @@ class VideoResult:
             "gflops_per_frame": round(self.gflops_per_frame, 3),
             "tracks": len(self.tracks),
             "outputs": [str(p) for p in self.outputs],
+            "overlay_encoder": self.overlay_encoder,
         }
 
 
@@ -197,6 +199,7 @@ class Segmenter:
                          video_id, self.config.class_names, self.config.category_ids)
         writers: list[OutputWriter] = open_writers(formats, meta, Path(output_dir or "."), stream) if formats else []
         result = VideoResult(name, info.path, video_id)
+        result.overlay_encoder = next((w.encoder for w in writers if isinstance(w, OverlayWriter)), None)
         tracks = TrackAccumulator()
         started = time.perf_counter()
         try:

@@ -241,6 +241,8 @@ def _report(outcome: RunOutcome, quiet: bool, json_summary: bool) -> None:
         table.add_row(Text(video.name), str(video.frames), f"{video.fps:.2f}", f"{video.keep_ratio:.3f}",
                       f"{video.gflops_per_frame:.1f}", str(len(video.tracks)), Text(", ".join(written)))
     stderr.print(table)
+    for encoder in sorted({v.overlay_encoder for v in outcome.videos if v.overlay_encoder}):
+        stderr.print(Text(f"overlay encoder: {encoder}"), soft_wrap=True)
     if outcome.failures:
         stderr.print(f"{len(outcome.failures)} of {len(outcome.failures) + len(outcome.videos)} inputs failed")
 
