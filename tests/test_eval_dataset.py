@@ -11,7 +11,7 @@ from tests.ytvis_fixture import build_fixture
 from vppcli.config import YTVIS_2021_CLASSES, preset
 from vppcli.errors import InputError, UsageError
 from vppcli.evaluation import Category, load_dataset, locate_split, match_classes
-from vppcli.evaluation.efficiency import EfficiencyMeter, merged
+from vppcli.efficiency import EfficiencyMeter, merged
 from vppcli.results import FrameStats
 
 

@@ -67,15 +67,20 @@ def test_jsonl_alone_creates_no_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "clip").exists()
 
 
+def assert_abort_leaves_nothing(writers: list, directory: Path) -> None:
+    """Mid-video: no final name exists yet, and aborting removes every temporary."""
+    assert not set(os.listdir(directory)) & set(FINAL_NAMES)
+    for writer in writers:
+        writer.abort()
+    assert os.listdir(directory) == []
+
+
 def test_abort_after_some_frames_leaves_no_file_at_all(tmp_path: Path) -> None:
     writers = open_writers(FORMATS, make_meta(), tmp_path, io.StringIO())
     for record in make_records()[:3]:
         for writer in writers:
             writer.write_frame(record)
-    assert not set(os.listdir(tmp_path)) & set(FINAL_NAMES)
-    for writer in writers:
-        writer.abort()
-    assert os.listdir(tmp_path) == []
+    assert_abort_leaves_nothing(writers, tmp_path)
 
 
 def test_an_exception_between_frames_leaves_no_final_name(tmp_path: Path) -> None:
@@ -86,10 +91,7 @@ def test_an_exception_between_frames_leaves_no_final_name(tmp_path: Path) -> Non
         for record in [*records[:3], wrong_size]:
             for writer in writers:
                 writer.write_frame(record)
-    assert not set(os.listdir(tmp_path)) & set(FINAL_NAMES)
-    for writer in writers:
-        writer.abort()
-    assert os.listdir(tmp_path) == []
+    assert_abort_leaves_nothing(writers, tmp_path)
 
 
 def test_a_new_run_replaces_old_outputs_whole(tmp_path: Path) -> None:

@@ -181,18 +181,19 @@ def test_no_model_and_unwritable_output(clip: Path, tmp_path: Path, monkeypatch:
 @pytest.mark.parametrize("failure", ["interrupt", "decode_error"])
 def test_failure_mid_video_leaves_no_file(failure: str, clip: Path, tmp_path: Path, detecting_model: VppModel,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from vppcli.efficiency import EfficiencyMeter
     from vppcli.errors import InputError
 
     calls = {"frames": 0}
-    real_count = Segmenter._count
+    real_add_frame = EfficiencyMeter.add_frame
 
-    def count_then_fail(self: Segmenter, result, instances) -> None:  # noqa: ANN001
+    def count_then_fail(self: EfficiencyMeter, config, stats) -> None:  # noqa: ANN001
         calls["frames"] += 1
         if calls["frames"] == 3:
             raise KeyboardInterrupt if failure == "interrupt" else InputError("decode error at frame 2 of clip.mp4")
-        real_count(self, result, instances)
+        real_add_frame(self, config, stats)
 
-    monkeypatch.setattr(Segmenter, "_count", count_then_fail)
+    monkeypatch.setattr(EfficiencyMeter, "add_frame", count_then_fail)
     result = run([str(clip), "-f", "overlay,ytvis,coco,png", "-o", str(tmp_path / "out")], detecting_model,
                  monkeypatch)
     assert result.exit_code == (130 if failure == "interrupt" else 3)

@@ -11,6 +11,7 @@ no per-video state, so one instance serves any number of videos in sequence.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -23,14 +24,14 @@ import numpy as np
 import torch
 
 from vppcli.config import VppConfig
+from vppcli.efficiency import EfficiencyMeter
 from vppcli.errors import UsageError
 from vppcli.inference import VideoPredictor
-from vppcli.model.flops import frame_flops
 from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator
 from vppcli.outputs import OverlayWriter, finish_and_commit, open_writers
 from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
-from vppcli.results import FrameInstances, TrackSummary
+from vppcli.results import FrameInstances, FrameStats, TrackSummary
 from vppcli.video import FrameSelection, FrameSource, open_source
 
 logger = logging.getLogger(__name__)
@@ -54,26 +55,32 @@ class VideoResult:
     name: str
     source: str
     video_id: int = 1
-    frames: int = 0
-    seconds: float = 0.0
-    keep_ratio_sum: float = 0.0
-    gflops_sum: float = 0.0
+    efficiency: EfficiencyMeter = field(default_factory=EfficiencyMeter)
     tracks: list[TrackSummary] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     overlay_encoder: str | None = None  # e.g. "libx264 yuv420p (ffmpeg at ...)" or "mp4v (OpenCV)"
 
     @property
+    def frames(self) -> int:
+        return self.efficiency.frames
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the video, decoding and writing included."""
+        return self.efficiency.seconds
+
+    @property
     def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
+        return self.efficiency.report().fps
 
     @property
     def keep_ratio(self) -> float:
-        """Realised patch keep ratio, averaged over the processed frames."""
-        return self.keep_ratio_sum / self.frames if self.frames else 0.0
+        """Realised patch keep ratio (PKR), averaged over the processed frames."""
+        return self.efficiency.report().keep_ratio
 
     @property
     def gflops_per_frame(self) -> float:
-        return self.gflops_sum / self.frames if self.frames else 0.0
+        return self.efficiency.report().gflops_per_frame["total"]
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -158,16 +165,11 @@ class Segmenter:
     def stream(self, source: str | Path | FrameSource,
                selection: FrameSelection = FrameSelection()) -> Iterator[SegmentedFrame]:
         """Segment the selected frames of one video, lazily, one frame at a time."""
-        owned = not isinstance(source, FrameSource)
-        frames_source = open_source(source) if owned else source
-        try:
+        with _opened(source) as frames_source:
             state = self.predictor.new_video()
             for frame in frames_source.frames(selection):
                 instances = self.predictor.step(state, frame.image).cpu()
                 yield SegmentedFrame(frame.index, frame.timestamp, frame.image, self._filtered(instances))
-        finally:
-            if owned:
-                frames_source.close()
 
     def segment(self, source: str | Path | FrameSource, *, formats: Sequence[str] = (),
                 output_dir: str | Path | None = None, selection: FrameSelection = FrameSelection(),
@@ -180,14 +182,9 @@ class Segmenter:
         outputs; `stream` receives the jsonl format (default: stdout); `on_frame` is called after
         each frame (progress bars).
         """
-        owned = not isinstance(source, FrameSource)
-        frames_source = open_source(source) if owned else source
-        try:
+        with _opened(source) as frames_source:
             return self._segment(frames_source, formats, output_dir, selection, video_id,
                                  name or frames_source.info.name, stream or sys.stdout, on_frame)
-        finally:
-            if owned:
-                frames_source.close()
 
     def _segment(self, source: FrameSource, formats: Sequence[str], output_dir: str | Path | None,
                  selection: FrameSelection, video_id: int, name: str, stream: TextIO,
@@ -208,10 +205,10 @@ class Segmenter:
                 for writer in writers:
                     writer.write_frame(record)
                 tracks.add(item.instances)
-                self._count(result, item.instances)
+                result.efficiency.add_frame(self.config, _stats(item.instances))
                 if on_frame is not None:
                     on_frame(item)
-            result.seconds = time.perf_counter() - started
+            result.efficiency.seconds = time.perf_counter() - started
             if result.frames == 0:
                 raise UsageError(f"{info.path}: the frame selection is empty (the source has {info.num_frames} frames)")
             result.outputs = finish_and_commit(writers)
@@ -222,11 +219,18 @@ class Segmenter:
         result.tracks = tracks.summaries()
         return result
 
-    def _count(self, result: VideoResult, instances: FrameInstances) -> None:
-        stats = instances.stats
-        result.frames += 1
-        if stats is None:
-            return
-        result.keep_ratio_sum += stats.keep_ratio
-        result.gflops_sum += frame_flops(self.config, stats.padded_size, stats.tokens_per_block,
-                                         stats.num_track_queries, stats.map_candidates).total / 1e9
+
+@contextlib.contextmanager
+def _opened(source: str | Path | FrameSource) -> Iterator[FrameSource]:
+    """A path is opened (and closed afterwards); a source the caller opened stays the caller's."""
+    if isinstance(source, FrameSource):
+        yield source
+        return
+    with open_source(source) as opened:
+        yield opened
+
+
+def _stats(instances: FrameInstances) -> FrameStats:
+    if instances.stats is None:  # `VideoPredictor.step` always sets them
+        raise RuntimeError("frame instances without efficiency stats")
+    return instances.stats

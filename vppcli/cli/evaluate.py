@@ -25,7 +25,7 @@ from vppcli.evaluation.dataset import (
     split_videos,
     write_json,
 )
-from vppcli.evaluation.efficiency import EfficiencyReport
+from vppcli.efficiency import EfficiencyReport
 from vppcli.evaluation.metric import METRIC_NAMES, VideoAP, evaluate_results, load_results
 
 DEFAULT_OUTPUT_DIR = Path("runs/eval")

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vppcli.cli.app import DType, Device, app, error_line, fail_with, resolve_device, stderr
+from vppcli.efficiency import merged
 from vppcli.errors import (
     EXIT_CODES_HELP,
     EXIT_BROKEN_PIPE,
@@ -56,14 +57,13 @@ class RunOutcome:
         return self.failures[0].exit_code if self.failures else EXIT_OK
 
     def to_dict(self) -> dict[str, object]:
-        frames = sum(v.frames for v in self.videos)
-        seconds = sum(v.seconds for v in self.videos)
+        total = merged(v.efficiency for v in self.videos).report()
         return {
             "videos": [v.to_dict() for v in self.videos],
             "failed": [dataclasses.asdict(f) for f in self.failures],
-            "frames": frames,
-            "fps": round(frames / seconds, 3) if seconds else 0.0,
-            "keep_ratio": round(sum(v.keep_ratio_sum for v in self.videos) / frames, 4) if frames else 0.0,
+            "frames": total.frames,
+            "fps": round(total.fps, 3),
+            "keep_ratio": round(total.keep_ratio, 4),
             "tracks": sum(len(v.tracks) for v in self.videos),
         }
 

@@ -11,7 +11,7 @@ from vppcli.evaluation.dataset import (
     locate_split,
     match_classes,
 )
-from vppcli.evaluation.efficiency import EfficiencyMeter, EfficiencyReport
+from vppcli.efficiency import EfficiencyMeter, EfficiencyReport
 from vppcli.evaluation.metric import METRIC_NAMES, VideoAP, evaluate_results, load_results
 
 __all__ = [

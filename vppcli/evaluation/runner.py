@@ -36,7 +36,7 @@ from vppcli import __version__
 from vppcli.config import preset
 from vppcli.errors import InputError, OutputError, UsageError, VppError
 from vppcli.evaluation.dataset import Category, ClassMapping, YtvisDataset, match_classes, read_json, write_json
-from vppcli.evaluation.efficiency import EfficiencyMeter, EfficiencyReport, merged
+from vppcli.efficiency import EfficiencyMeter, EfficiencyReport, merged
 from vppcli.evaluation.metric import listing
 from vppcli.model.rovis import VppModel, build_model
 from vppcli.outputs.atomic import AtomicFile, ensure_output_dir, remove_quietly

@@ -1,8 +1,9 @@
-"""Efficiency of an evaluation run: realised patch keep ratio per ViT block and its mean (the
-paper's PKR), analytical GFLOPs per frame (backbone vs head), frames per second, peak memory.
+"""Efficiency of a run (`vpp segment`, `vpp eval`): realised patch keep ratio per ViT block and
+its mean (the paper's PKR), analytical GFLOPs per frame (backbone vs head), frames per second,
+peak memory.
 
-Figures are accumulated per video and stored with the video's predictions, so a resumed or
-sharded run merges them exactly as a single run would (in video-id order).
+Figures are running sums, so videos, resumed runs and shards merge exactly as one run would
+(`vpp eval` stores each video's sums with its predictions and merges them in video-id order).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
 
 from vppcli.config import VppConfig
 from vppcli.model.flops import frame_flops
