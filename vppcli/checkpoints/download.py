@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vppcli.checkpoints.format import first_line, replace_as_new_file, utc_now
+from vppcli.checkpoints.format import first_line, utc_now
 from vppcli.checkpoints.official import load_official, sha256_file, write_conversion
 from vppcli.checkpoints.registry import OSF_PROJECT, OfficialWeights, cache_dir, official_entry
-from vppcli.errors import CheckpointError, DownloadError
+from vppcli.errors import CheckpointError, DownloadError, OutputError
+from vppcli.outputs.atomic import AtomicFile
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +247,8 @@ def _record_checksum(entry: OfficialWeights, fetched: Fetched) -> None:
         return
     checksums[entry.name] = {"sha256": fetched.sha256, "size": fetched.size, "url": entry.url, "date": utc_now()}
     path = cache_dir() / CHECKSUMS
-    handle, temporary = tempfile.mkstemp(prefix=f".{CHECKSUMS}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as out:
+        with AtomicFile(path) as out:
             json.dump(checksums, out, indent=2, sort_keys=True)
-        replace_as_new_file(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        log.warning("could not record the checksum of %s in %s (%s)", entry.name, path, first_line(error))
+    except OutputError as error:
+        log.warning("could not record the checksum of %s (%s)", entry.name, error)

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +29,7 @@ from vppcli.checkpoints.schedules import schedule_name, schedule_summary
 from vppcli.config import PRESETS, VppConfig
 from vppcli.errors import CheckpointError, OutputError, UsageError
 from vppcli.model.rovis import VppModel, build_model
+from vppcli.outputs.atomic import AtomicFile
 
 log = logging.getLogger(__name__)
 
@@ -136,36 +136,28 @@ def utc_now() -> str:
 
 
 def save_checkpoint(tensors: Mapping[str, Tensor], metadata: CheckpointMetadata, path: str | Path) -> Path:
-    """Write tensors + metadata atomically: a temporary file in the same directory, then `os.replace`."""
+    """Write tensors + metadata atomically (`AtomicFile`: hidden temporary, flushed to disk, renamed)."""
     path = Path(path)
     header = {"format": "pt", METADATA_KEY: json.dumps(metadata.to_dict(), sort_keys=True)}
     plain = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        os.close(handle)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+    target = AtomicFile(path, "wb")
     try:
-        save_file(plain, temporary, metadata=header)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())  # the rename must never expose a file whose data is not on disk
-        replace_as_new_file(temporary, path)
+        save_file(plain, target.temporary, metadata=header)
+        # safetensors creates its file 0600; give it the mode `open()` would, or a shared cache
+        # becomes unreadable to its other users.
+        os.chmod(target.temporary, 0o666 & ~_current_umask())
+        return target.commit()
     except (OSError, SafetensorError) as error:
-        Path(temporary).unlink(missing_ok=True)
+        target.discard()
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise OutputError(f"cannot write {path}: {reason}") from None
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        target.discard()
         raise
-    return path
-
-
-def replace_as_new_file(temporary: str | Path, path: Path) -> None:
-    """`os.replace(temporary, path)`, first giving `temporary` the mode `open()` would have given a
-    new file: `mkstemp` creates 0600, which would make a shared cache unreadable to its other users."""
-    os.chmod(temporary, 0o666 & ~_current_umask())
-    os.replace(temporary, path)
 
 
 def _current_umask() -> int:
