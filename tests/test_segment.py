@@ -171,6 +171,9 @@ def test_bad_options_exit_2_with_one_line(args: list[str], code: int, message: s
 def test_no_model_and_unwritable_output(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = run([str(clip), "-o", str(tmp_path)], None, monkeypatch)
     assert result.exit_code == 2 and "--weights" in result.stderr
+    result = run([str(clip), "-o", str(tmp_path), "--preset", "huge"], None, monkeypatch)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: unknown preset 'huge'; choose from tiny, small, compact"]
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     result = run([str(clip), "--preset", "compact", "-o", str(blocker / "out")], None, monkeypatch)

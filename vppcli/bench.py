@@ -137,8 +137,7 @@ def run_benchmark(preset_name: str, size: tuple[int, int], keep_ratio: float | N
         raise ValueError("need at least one timed frame")
     device = torch.device(device)
     config = preset(preset_name)
-    torch.manual_seed(seed)
-    model = build_model(config).to(device)
+    model = build_model(config, seed).to(device)
     clip = synthetic_frames(warmup + frames, height, width, seed)
     report = BenchReport(preset_name, size, frames, warmup, str(dtype).removeprefix("torch."), str(device),
                          torch.get_num_threads())

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vppcli.errors import UsageError
+
 YTVIS_2021_CLASSES: tuple[str, ...] = (
     "airplane", "bear", "bird", "boat", "car", "cat", "cow", "deer", "dog", "duck",
     "earless_seal", "elephant", "fish", "flying_disc", "fox", "frog", "giant_panda", "giraffe",
@@ -245,4 +247,4 @@ def preset(name: str) -> VppConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+        raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None

@@ -86,10 +86,10 @@ def _load_model(weights: str | None, preset_name: str | None, device: torch.devi
         from vppcli.config import preset
         from vppcli.model.rovis import build_model
 
+        model = build_model(preset(preset_name), seed=0)  # the same random model every run
         logger.warning("--preset %s: random weights, the output is meaningless (for testing the pipeline)",
                        preset_name)
-        torch.manual_seed(0)  # the same random model every run
-        return build_model(preset(preset_name))
+        return model
     if weights is None:
         raise UsageError("no model: pass --weights FILE_OR_NAME (see `vpp weights list`), or --preset NAME "
                          "for random weights; the bundled default model is not shipped yet")

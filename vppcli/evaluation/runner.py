@@ -156,18 +156,12 @@ def load_eval_model(settings: RunSettings, categories: Sequence[Category],
     """
     spec = settings.model
     if spec.preset is not None:
-        try:
-            config = preset(spec.preset)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        config = preset(spec.preset)
         config = config.replace(
             class_names=tuple(c.name for c in categories), category_ids=tuple(c.id for c in categories),
             head=dataclasses.replace(config.head, num_classes=len(categories)),
         )
-        # Seeded in a forked RNG: the caller's global random state stays as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = build_model(config)
+        model = build_model(config, seed=0)
     else:
         from vppcli.checkpoints import load_model
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from vppcli.config import VppConfig
@@ -57,6 +58,11 @@ class VppModel(nn.Module):
         return FrameOutput(head, backbone)
 
 
-def build_model(config: VppConfig) -> VppModel:
-    """A model with random weights, in eval mode."""
-    return VppModel(config).eval()
+def build_model(config: VppConfig, seed: int | None = None) -> VppModel:
+    """A model with random weights, in eval mode. With `seed`, the weights are that seed's, drawn
+    from a forked RNG so the caller's global random state is left as it was."""
+    if seed is None:
+        return VppModel(config).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VppModel(config).eval()
