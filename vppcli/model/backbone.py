@@ -22,6 +22,7 @@ from vppcli.model.pruning import (
     SelectiveModule,
     distance_prior,
     native_map_budget,
+    run_blended,
     run_on_active,
 )
 from vppcli.model.vit import Block, PatchEmbed, init_vit_weights, resize_pos_embed
@@ -50,16 +51,34 @@ class TemporalCache:
 
 
 @dataclass
+class SparsityTerms:
+    """What the VPP ratio losses of one frame are computed on (training mode only).
+
+    selective_keep: per selective module, the scalar mean of the cumulative straight-through
+        mask at its block (differentiable).
+    map_keep_probability: scalar mean of the Map-SM's soft keep probabilities, None when the
+        Map-SM did not run (first frame of a clip).
+    """
+
+    selective_keep: list[Tensor]
+    map_keep_probability: Tensor | None
+
+
+@dataclass
 class BackboneOutput:
     """features: [f1, f2, f3, f4], each [1, D, Hp/s, Wp/s] for strides s = 4, 8, 16, 32.
     cache: the temporal prior for the next frame (None when pruning is disabled).
-    tokens_per_block: tokens each ViT block processed.
-    map_candidates: previous-frame tokens the Map-SM compared against (None: it did not run)."""
+    tokens_per_block: tokens each ViT block processed (training mode: tokens kept active).
+    map_candidates: previous-frame tokens the Map-SM compared against (None: it did not run).
+    sparsity: the ratio-loss inputs (training mode only).
+    block_masks: each block's [1, N] bool keep mask (None = all tokens), when the plan asks."""
 
     features: list[Tensor]
     cache: TemporalCache | None
     tokens_per_block: list[int]
     map_candidates: int | None = None
+    sparsity: SparsityTerms | None = None
+    block_masks: list[Tensor | None] | None = None
 
 
 class SelectiveViTAdapter(nn.Module):
@@ -141,24 +160,36 @@ class SelectiveViTAdapter(nn.Module):
                 prior = distance_prior(height, width, images.device)
 
         mask: Tensor | None = None  # None: every token active
+        soft_mask: Tensor | None = None  # straight-through float version of `mask` (training mode)
         active_indices: Tensor | None = None
         keys = values = cache_active = None
         tokens_per_block: list[int] = []
+        block_masks: list[Tensor | None] = []
+        sparsity = SparsityTerms([], None) if plan.soft else None
         for interaction, (start, end) in zip(self.interactions, self.config.adapter.interaction_indexes):
             with timed(timer, "adapter"):
                 x = interaction.injector(x, c, inputs)
             for block_index in range(start, end + 1):
                 if pruning.enabled:
                     with timed(timer, "pruning"):
-                        new_mask = self._decide(block_index, x, mask, cache, plan, prior, grid)
-                        if new_mask is not mask:
-                            mask = new_mask
-                            active_indices = _indices_or_all(mask)
+                        if plan.soft:
+                            mask, soft_mask = self._decide_soft(block_index, x, mask, soft_mask, cache, plan,
+                                                                prior, grid, sparsity)
+                        else:
+                            new_mask = self._decide(block_index, x, mask, cache, plan, prior, grid)
+                            if new_mask is not mask:
+                                mask = new_mask
+                                active_indices = _indices_or_all(mask)
                     if block_index == pruning.map_block and pruning.xref_source == "block0":
                         keys = x
                 with timed(timer, "vit_blocks"):
-                    x = run_on_active(self.blocks[block_index], x, active_indices)
-                tokens_per_block.append(num_tokens if active_indices is None else int(active_indices.numel()))
+                    if plan.soft:
+                        x = run_blended(self.blocks[block_index], x, mask, soft_mask)
+                    else:
+                        x = run_on_active(self.blocks[block_index], x, active_indices)
+                tokens_per_block.append(num_tokens if mask is None else int(mask.sum()))
+                if plan.record_masks:
+                    block_masks.append(mask)
                 if pruning.enabled and block_index == pruning.cache_block:
                     values = x
                     cache_active = mask if mask is not None else torch.ones(1, num_tokens, dtype=torch.bool, device=x.device)
@@ -175,7 +206,8 @@ class SelectiveViTAdapter(nn.Module):
         if pruning.enabled:
             assert keys is not None and values is not None and cache_active is not None
             new_cache = TemporalCache(keys, values, cache_active, grid)
-        return BackboneOutput(features, new_cache, tokens_per_block, map_candidates)
+        return BackboneOutput(features, new_cache, tokens_per_block, map_candidates, sparsity,
+                              block_masks if plan.record_masks else None)
 
     def _decide(self, block_index: int, x: Tensor, mask: Tensor | None, cache: TemporalCache | None,
                 plan: PruningPlan, prior: Tensor | None, grid: tuple[int, int]) -> Tensor | None:
@@ -196,6 +228,31 @@ class SelectiveViTAdapter(nn.Module):
             active = mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             return module.select(x, active, plan, budget)
         return mask
+
+    def _decide_soft(self, block_index: int, x: Tensor, mask: Tensor | None, soft_mask: Tensor | None,
+                     cache: TemporalCache | None, plan: PruningPlan, prior: Tensor | None,
+                     grid: tuple[int, int], sparsity: SparsityTerms | None) -> tuple[Tensor | None, Tensor | None]:
+        """Training counterpart of `_decide`: the same decisions as (bool mask, straight-through
+        mask), recording the ratio-loss inputs in `sparsity`."""
+        pruning = self.config.pruning
+        assert sparsity is not None
+        if block_index == pruning.map_block:
+            if cache is None or not cache.usable_for(grid):
+                return None, None
+            assert prior is not None
+            new_soft, probability = self.map_selective_module.select_soft(
+                x, cache.keys, cache.values, cache.active, prior, grid[0], grid[1], plan,
+                native_map_budget(x.shape[1], pruning.map_keep_ratio),
+            )
+            sparsity.map_keep_probability = probability.mean()
+            return new_soft != 0, new_soft
+        if block_index in pruning.selective_blocks:
+            module = self.selective_modules[pruning.selective_blocks.index(block_index)]
+            active = soft_mask if soft_mask is not None else x.new_ones(x.shape[:2])
+            new_soft = module.select_soft(x, active, plan)
+            sparsity.selective_keep.append(new_soft.mean())
+            return new_soft != 0, new_soft
+        return mask, soft_mask
 
     def _fuse(self, x: Tensor, c: Tensor, c1: Tensor, height: int, width: int) -> list[Tensor]:
         """Split c into its three scales, add the upsampled ViT map to every scale, normalise."""

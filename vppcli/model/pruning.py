@@ -9,6 +9,11 @@ Decisions are made on a *keep margin* per token, log p(keep) - log p(drop):
 - reference-noise mode adds Gumbel noise as the authors' code does at test time, drawn from an
   explicit, seeded generator.
 Masks only shrink: a token dropped once is never re-activated within a frame.
+
+Training uses the same decisions as *straight-through* masks (`soft=True`): the forward value
+is the hard 0/1 decision, the gradient that of the keep probability, so the ratio losses reach
+the selective modules; every token stays in the sequence and pruned ones are excluded as keys
+and keep their input (reference-architecture.md 2.11).
 """
 
 from __future__ import annotations
@@ -27,13 +32,23 @@ class PruningPlan:
     """How one frame is pruned.
 
     budgets: tokens to keep per ViT block (length = depth), or None for the native decisions.
-    generator: Gumbel noise source for the reference-faithful stochastic mode, None = no noise.
+    generator: Gumbel noise source (the reference's stochastic test mode, and training), None =
+        no noise.
     tau: Gumbel temperature (the reference uses 10).
+    soft: training mode: straight-through masks over the full token sequence instead of
+        gathering the active tokens (native decisions only, no budgets).
+    record_masks: return every block's keep mask in `BackboneOutput.block_masks`.
     """
 
     budgets: tuple[int, ...] | None = None
     generator: torch.Generator | None = None
     tau: float = 10.0
+    soft: bool = False
+    record_masks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.soft and self.budgets is not None:
+            raise ValueError("soft (training) pruning makes the native decisions; budgets are for inference")
 
 
 def keep_budgets(trained_fractions: tuple[float, ...], keep_ratio: float, num_tokens: int) -> tuple[int, ...]:
@@ -88,6 +103,11 @@ def noisy_margin(log_probs: Tensor, plan: PruningPlan) -> Tensor:
     return margin
 
 
+def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """Forward value exactly `hard`, gradient of `soft` (written so 1 stays exactly 1)."""
+    return hard + (soft - soft.detach())
+
+
 def top_k_mask(margin: Tensor, k: int, candidates: Tensor | None = None) -> Tensor:
     """[B, N] margins -> [B, N] bool mask of the k highest margins among `candidates`."""
     if candidates is not None:
@@ -117,6 +137,12 @@ class SelectiveModule(nn.Module):
         if budget is None:
             return active & (margin >= 0)
         return top_k_mask(margin, budget, candidates=active)
+
+    def select_soft(self, x: Tensor, active: Tensor, plan: PruningPlan) -> Tensor:
+        """Training decision: [B, N] straight-through mask (forward 0/1), the product of this
+        module's hard Gumbel decision with `active`, the float mask of the earlier blocks."""
+        margin = noisy_margin(self(x), plan)
+        return straight_through((margin >= 0).to(x.dtype), torch.sigmoid(margin)) * active
 
 
 def distance_prior(height: int, width: int, device: torch.device) -> Tensor:
@@ -156,12 +182,19 @@ class MapSelectiveModule(nn.Module):
             [1, N] int64 index of the previous token each current token maps to.
         """
         candidates = prev_active[0].nonzero().squeeze(1)  # only these can be matched
+        similarity = self.similarity(tokens, keys, candidates, prior, plan)
+        return candidates[similarity.argmax(dim=1)][None]
+
+    @staticmethod
+    def similarity(tokens: Tensor, keys: Tensor, candidates: Tensor, prior: Tensor, plan: PruningPlan) -> Tensor:
+        """[N, n] raw dot product of current tokens with the n candidate keys plus the distance
+        prior (and Gumbel noise when the plan has a generator)."""
         # float32 on purpose: similarities are in the hundreds, bf16 would reorder near-ties.
         with torch.autocast(tokens.device.type, enabled=False):
             similarity = tokens[0].float() @ keys[0, candidates].float().T + prior[:, candidates]
         if plan.generator is not None:
             similarity = similarity + gumbel(tuple(similarity.shape), plan.generator, tokens.device) / plan.tau
-        return candidates[similarity.argmax(dim=1)][None]
+        return similarity
 
     def forward(self, mapped: Tensor, height: int, width: int) -> Tensor:
         """[1, N, D] mapped previous features -> [1, N, 2] smoothed log-probabilities."""
@@ -177,6 +210,25 @@ class MapSelectiveModule(nn.Module):
         source = self.associate(tokens, keys, prev_active, prior, plan)
         mapped = values.gather(1, source[..., None].expand(-1, -1, values.shape[-1]))
         return top_k_mask(noisy_margin(self(mapped, height, width), plan), budget)
+
+    def select_soft(self, tokens: Tensor, keys: Tensor, values: Tensor, prev_active: Tensor, prior: Tensor,
+                    height: int, width: int, plan: PruningPlan, budget: int) -> tuple[Tensor, Tensor]:
+        """Training decision, the same top-`budget` choice as `select` with straight-through
+        gradients through the association (hard one-hot over the candidates) and the ranking.
+
+        Returns:
+            [1, N] straight-through mask (forward 0/1) and [1, N] keep probabilities (the soft
+            Gumbel probabilities the Map-SM ratio loss is computed on).
+        """
+        candidates = prev_active[0].nonzero().squeeze(1)
+        similarity = self.similarity(tokens, keys, candidates, prior, plan)
+        hard = F.one_hot(similarity.argmax(dim=1), candidates.numel()).to(similarity.dtype)
+        association = straight_through(hard, similarity.softmax(dim=1))
+        mapped = (association.to(values.dtype) @ values[0, candidates])[None]
+        margin = noisy_margin(self(mapped, height, width), plan)
+        probability = torch.sigmoid(margin)
+        keep = top_k_mask(margin, budget).to(probability.dtype)
+        return straight_through(keep, probability), probability
 
 
 def native_map_budget(num_tokens: int, keep_fraction: float) -> int:
@@ -197,4 +249,20 @@ def run_on_active(block: nn.Module, x: Tensor, active_indices: Tensor | None) ->
         return block(x)
     updated = block(x.index_select(1, active_indices))
     return x.index_copy(1, active_indices, updated.to(x.dtype))
+
+
+def run_blended(block: nn.Module, x: Tensor, mask: Tensor | None, soft_mask: Tensor | None) -> Tensor:
+    """Training counterpart of `run_on_active`: every token is a query, only active ones are keys,
+    and inactive tokens keep their input: x <- m * Block(x) + (1 - m) * x with the
+    straight-through mask m, so the gradient reaches the module that decided m.
+
+    Args:
+        x: [B, N, D] tokens.
+        mask: [B, N] bool active tokens, or None for all.
+        soft_mask: [B, N] straight-through version of `mask` (forward value 0/1).
+    """
+    if mask is None or soft_mask is None:
+        return block(x)
+    weight = soft_mask[..., None].to(x.dtype)
+    return weight * block(x, key_padding_mask=~mask) + (1.0 - weight) * x
 

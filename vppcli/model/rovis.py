@@ -40,6 +40,7 @@ class VppModel(nn.Module):
         plan: PruningPlan = PruningPlan(),
         prior: Tensor | None = None,
         timer: SectionTimer | None = None,
+        return_intermediate: bool = False,
     ) -> FrameOutput:
         """
         Args:
@@ -49,12 +50,13 @@ class VppModel(nn.Module):
             plan: pruning budgets/noise for this frame.
             prior: [N, N] Map-SM distance prior for this grid (computed if None).
             timer: optional per-component timer.
+            return_intermediate: keep every decoder layer's prediction (training).
         """
         backbone = self.backbone(images, cache, plan, prior, timer)
         with timed(timer, "pixel_decoder"):
             mask_features, memories = self.head.pixel_decoder(backbone.features)
         with timed(timer, "transformer_decoder"):
-            head = self.head.decode_queries(mask_features, memories, track_queries)
+            head = self.head.decode_queries(mask_features, memories, track_queries, return_intermediate)
         return FrameOutput(head, backbone)
 
 
