@@ -1,0 +1,85 @@
+"""Clip-consistent augmentation: one draw per clip (long side, horizontal flip), applied
+identically to every frame and its masks.
+
+Images go through `vppcli.preprocess.preprocess_frame`, the inference code itself (cv2 bilinear
+resize of the long side, normalisation, zero padding bottom/right to the pad divisor after
+normalisation), so training and inference inputs cannot drift apart.
+
+Masks are resized with pixel-area averaging (cv2 INTER_AREA) and kept where at least half of
+the pixel is covered. Unlike nearest neighbour (cv2's INTER_NEAREST maps dst x to floor(x * s),
+a shift of up to half a source pixel), this samples the same pixel footprint as the bilinear
+image resize, so masks stay aligned with the image content when downscaling from 1280x720 to a
+few hundred pixels, and thin parts are kept or dropped by coverage rather than by phase.
+The flip is applied at the original resolution to image and masks alike, before resizing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from vppcli.config import PreprocessConfig
+from vppcli.preprocess import FrameGeometry, frame_geometry, preprocess_frame
+from vppcli.training.clips import ClipConfig
+
+_CV_MAX_CHANNELS = 512  # cv2.resize refuses arrays with more channels
+
+
+@dataclass(frozen=True)
+class ClipTransform:
+    """The augmentation of one clip: the long side of its frames and whether they are mirrored."""
+
+    long_side: int
+    flip: bool
+
+
+def draw_transform(rng: np.random.Generator, config: ClipConfig) -> ClipTransform:
+    long_side = int(config.long_sides[int(rng.integers(len(config.long_sides)))])
+    return ClipTransform(long_side, bool(rng.random() < config.flip_prob))
+
+
+def clip_geometry(height: int, width: int, transform: ClipTransform, preprocess: PreprocessConfig) -> FrameGeometry:
+    """Resized and padded size of every frame of a clip of a `height` x `width` video."""
+    return frame_geometry(height, width, dataclasses.replace(preprocess, long_side=transform.long_side))
+
+
+def transform_frame(frame_bgr: np.ndarray, masks: np.ndarray, transform: ClipTransform,
+                    preprocess: PreprocessConfig) -> tuple[Tensor, Tensor]:
+    """Augment one frame and its object masks.
+
+    Args:
+        frame_bgr: [H0, W0, 3] uint8 as cv2 decodes it.
+        masks:     [H0, W0, G] uint8 0/1 (pycocotools' decode layout), G >= 0.
+    Returns:
+        image [3, Hp, Wp] float32 normalised, zero padded; masks [G, Hp, Wp] bool, False padding.
+        A mask may come out empty (an object too small for the new size).
+    """
+    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+    if transform.flip:
+        rgb = cv2.flip(rgb, 1)
+        masks = masks[:, ::-1]
+    image, geometry = preprocess_frame(rgb, dataclasses.replace(preprocess, long_side=transform.long_side))
+    return image[0], resize_masks(masks, geometry)
+
+
+def resize_masks(masks: np.ndarray, geometry: FrameGeometry) -> Tensor:
+    """[H0, W0, G] 0/1 masks -> [G, Hp, Wp] bool: area resize to the image size, threshold at
+    half coverage, pad with False."""
+    height, width = geometry.image_size
+    padded = torch.zeros(masks.shape[2], *geometry.padded_size, dtype=torch.bool)
+    if masks.shape[2] == 0:
+        return padded
+    # 0/255 rather than 0/1 so that the uint8 area average keeps the coverage to 1/255.
+    scaled = np.ascontiguousarray(masks, dtype=np.uint8) * np.uint8(255)
+    for start in range(0, scaled.shape[2], _CV_MAX_CHANNELS):
+        chunk = scaled[:, :, start:start + _CV_MAX_CHANNELS]
+        resized = cv2.resize(chunk, (width, height), interpolation=cv2.INTER_AREA)
+        resized = resized.reshape(height, width, chunk.shape[2])  # cv2 drops a single channel axis
+        covered = torch.from_numpy(resized >= 128).permute(2, 0, 1)
+        padded[start:start + chunk.shape[2], :height, :width] = covered
+    return padded
