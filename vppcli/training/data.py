@@ -114,7 +114,7 @@ class TrainingDataset:
             raise InputError(f"frame {path} is {image.shape[1]}x{image.shape[0]} but video {video.id} is "
                              f"{video.width}x{video.height}; its masks would not line up")
         present = [track for track in record.tracks if track.masks[frame] is not None]
-        masks = _decode([track.masks[frame] for track in present], video, frame)
+        masks = _decode([track.masks[frame] for track in present], video)
         pixels, resized = transform_frame(image, masks, transform, self.preprocess)
         # Objects too small for the new size vanish from this frame only; their ids stay.
         kept = resized.flatten(1).any(1)
@@ -173,16 +173,11 @@ def _single_threaded(_worker: int) -> None:
     cv2.setNumThreads(1)
 
 
-def _decode(rles: Sequence[Rle], video: Video, frame: int) -> np.ndarray:
-    """[H, W, G] uint8 0/1 masks; corrupt compressed counts surface here (pycocotools checks the
-    run lengths only when decoding), named rather than as a bare ValueError."""
+def _decode(rles: Sequence[Rle], video: Video) -> np.ndarray:
+    """[H, W, G] uint8 0/1 masks of one frame."""
     if not rles:
         return np.zeros((video.height, video.width, 0), dtype=np.uint8)
-    try:
-        return mask_utils.decode(list(rles))
-    except ValueError as error:
-        raise InputError(f"video {video.id}, frame {frame}: a segmentation's run lengths do not cover "
-                         f"{video.height}x{video.width} pixels ({error})") from None
+    return mask_utils.decode(list(rles))
 
 
 def _check_ground_truth(ytvis: YtvisDataset) -> tuple[Path, tuple[VideoRecord, ...]]:
@@ -248,7 +243,32 @@ def _segmentation(seg: Any, video: Video, where: str) -> Rle | None:
         raise InputError(f"{where}: expected an RLE, polygons or null, got {brief(seg)}")
     if seg["size"] != size:
         raise InputError(f"{where}: RLE size {brief(seg['size'])} differs from the video size {size} (height, width)")
-    return _compressed(checked_rle(seg["counts"], size, where))
+    rle = _compressed(checked_rle(seg["counts"], size, where))
+    if isinstance(seg["counts"], str) and not _runs_cover(rle["counts"], video.height * video.width):
+        raise InputError(f"{where}: RLE counts {brief(seg['counts'])} do not cover {video.height}x{video.width} pixels")
+    return rle
+
+
+def _runs_cover(counts: bytes, pixels: int) -> bool:
+    """Whether well-formed COCO compressed counts decode to non-negative runs summing to `pixels`.
+    pycocotools' decoder trusts them: short runs leave uninitialised memory in the mask.
+
+    Format: each number is little-endian 5-bit groups, one character each (value + 48), 0x20
+    marks "more follows", 0x10 in the last group is the sign; from the fourth number on each is a
+    delta to the number two places before (the encoder's choice: the first ones are absolute).
+    """
+    digits = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    last = (digits & 0x20) == 0
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    place = np.arange(digits.size) - np.repeat(starts, np.diff(np.append(starts, digits.size)))
+    if place.max() >= 7:  # more than 35 bits: no frame has that many pixels
+        return False
+    values = np.add.reduceat((digits & 0x1F) << (5 * place), starts)
+    ends = np.flatnonzero(last)
+    values -= ((digits[ends] & 0x10) != 0) << (5 * (place[ends] + 1))
+    runs = values.copy()
+    runs[1::2], runs[2::2] = np.cumsum(values[1::2]), np.cumsum(values[2::2])
+    return bool((runs >= 0).all()) and int(runs.sum()) == pixels
 
 
 def _numbers(values: list[Any]) -> bool:

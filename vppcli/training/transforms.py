@@ -27,9 +27,6 @@ from vppcli.config import PreprocessConfig
 from vppcli.preprocess import FrameGeometry, frame_geometry, preprocess_frame
 from vppcli.training.clips import ClipConfig
 
-_CV_MAX_CHANNELS = 512  # cv2.resize refuses arrays with more channels
-
-
 @dataclass(frozen=True)
 class ClipTransform:
     """The augmentation of one clip: the long side of its frames and whether they are mirrored."""
@@ -54,7 +51,7 @@ def transform_frame(frame_bgr: np.ndarray, masks: np.ndarray, transform: ClipTra
 
     Args:
         frame_bgr: [H0, W0, 3] uint8 as cv2 decodes it.
-        masks:     [H0, W0, G] uint8 0/1 (pycocotools' decode layout), G >= 0.
+        masks:     [H0, W0, G] uint8 0/1, G >= 0, ideally Fortran-ordered as pycocotools decodes.
     Returns:
         image [3, Hp, Wp] float32 normalised, zero padded; masks [G, Hp, Wp] bool, False padding.
         A mask may come out empty (an object too small for the new size).
@@ -62,24 +59,21 @@ def transform_frame(frame_bgr: np.ndarray, masks: np.ndarray, transform: ClipTra
     rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
     if transform.flip:
         rgb = cv2.flip(rgb, 1)
-        masks = masks[:, ::-1]
     image, geometry = preprocess_frame(rgb, dataclasses.replace(preprocess, long_side=transform.long_side))
-    return image[0], resize_masks(masks, geometry)
+    return image[0], resize_masks(masks, geometry, transform.flip)
 
 
-def resize_masks(masks: np.ndarray, geometry: FrameGeometry) -> Tensor:
-    """[H0, W0, G] 0/1 masks -> [G, Hp, Wp] bool: area resize to the image size, threshold at
-    half coverage, pad with False."""
+def resize_masks(masks: np.ndarray, geometry: FrameGeometry, flip: bool) -> Tensor:
+    """[H0, W0, G] 0/1 masks -> [G, Hp, Wp] bool: mirrored if `flip`, area-resized to the image
+    size, kept at half coverage or more, padded with False."""
     height, width = geometry.image_size
     padded = torch.zeros(masks.shape[2], *geometry.padded_size, dtype=torch.bool)
-    if masks.shape[2] == 0:
-        return padded
-    # 0/255 rather than 0/1 so that the uint8 area average keeps the coverage to 1/255.
-    scaled = np.ascontiguousarray(masks, dtype=np.uint8) * np.uint8(255)
-    for start in range(0, scaled.shape[2], _CV_MAX_CHANNELS):
-        chunk = scaled[:, :, start:start + _CV_MAX_CHANNELS]
-        resized = cv2.resize(chunk, (width, height), interpolation=cv2.INTER_AREA)
-        resized = resized.reshape(height, width, chunk.shape[2])  # cv2 drops a single channel axis
-        covered = torch.from_numpy(resized >= 128).permute(2, 0, 1)
-        padded[start:start + chunk.shape[2], :height, :width] = covered
+    # pycocotools decodes column-major, i.e. [G, W0, H0] in memory: each mask is resized as its
+    # transpose (a free view) rather than after a full-resolution copy into row-major order.
+    for index, columns in enumerate(np.ascontiguousarray(masks.transpose(2, 1, 0))):
+        if flip:
+            columns = cv2.flip(columns, 0)  # rows of the transpose are the columns of the frame
+        # 0/255 rather than 0/1 so that the uint8 area average keeps the coverage to 1/255.
+        resized = cv2.resize(columns * np.uint8(255), (height, width), interpolation=cv2.INTER_AREA)
+        padded[index, :height, :width] = torch.from_numpy(resized >= 128).T
     return padded
