@@ -263,6 +263,7 @@ BAD_INPUTS = [
     (_mutate("annotations.0.segmentations.0.size", [30, 40]), r"RLE size \[30, 40\] differs from the video size"),
     (_mutate("annotations.0.segmentations.0.counts", "zz"), "bad RLE counts"),
     (_mutate("annotations.0.segmentations.0.counts", "0:d0"), "do not cover 60x80 pixels"),  # well formed
+    (_mutate("categories.1.id", 1), "duplicate category ids"),
     (_mutate("annotations.1.category_id", 9), "unknown category id 9"),
     (_mutate("annotations.1.id", 100), "duplicate annotation id 100"),
     (_mutate("annotations.1.id", None), "id None is not an integer"),
@@ -289,7 +290,11 @@ def test_frames_that_do_not_match_the_video_fail_when_read(tmp_path):
         data.sample(0)
 
 
-def test_bad_settings_are_usage_errors():
+def test_bad_settings_are_usage_errors(moving):
     for settings in ({"num_frames": 0}, {"window": 0}, {"long_sides": ()}, {"flip_prob": 1.5}):
         with pytest.raises(UsageError):
             ClipConfig(**settings)
+    with pytest.raises(UsageError, match="seed must be >= 0"):
+        TrainingDataset.from_files(moving.image_root.parent / "train.json", moving.image_root, seed=-1)
+    with pytest.raises(ValueError, match="index must be >= 0"):
+        moving.sample(-1)

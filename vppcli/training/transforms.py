@@ -6,10 +6,11 @@ resize of the long side, normalisation, zero padding bottom/right to the pad div
 normalisation), so training and inference inputs cannot drift apart.
 
 Masks are resized with pixel-area averaging (cv2 INTER_AREA) and kept where at least half of
-the pixel is covered. Unlike nearest neighbour (cv2's INTER_NEAREST maps dst x to floor(x * s),
-a shift of up to half a source pixel), this samples the same pixel footprint as the bilinear
-image resize, so masks stay aligned with the image content when downscaling from 1280x720 to a
-few hundred pixels, and thin parts are kept or dropped by coverage rather than by phase.
+the output pixel is covered. Unlike nearest neighbour (cv2's INTER_NEAREST maps dst x to
+floor(x * s), a shift of up to half a source pixel), this is centred like the bilinear image
+resize, so masks stay aligned with the image content (tested down and up), and when
+downscaling 1280x720 to a few hundred pixels thin parts are kept or dropped by coverage rather
+than by where the sampling grid happens to fall.
 The flip is applied at the original resolution to image and masks alike, before resizing.
 """
 
@@ -24,8 +25,9 @@ import torch
 from torch import Tensor
 
 from vppcli.config import PreprocessConfig
-from vppcli.preprocess import FrameGeometry, frame_geometry, preprocess_frame
+from vppcli.preprocess import FrameGeometry, preprocess_frame
 from vppcli.training.clips import ClipConfig
+
 
 @dataclass(frozen=True)
 class ClipTransform:
@@ -38,11 +40,6 @@ class ClipTransform:
 def draw_transform(rng: np.random.Generator, config: ClipConfig) -> ClipTransform:
     long_side = int(config.long_sides[int(rng.integers(len(config.long_sides)))])
     return ClipTransform(long_side, bool(rng.random() < config.flip_prob))
-
-
-def clip_geometry(height: int, width: int, transform: ClipTransform, preprocess: PreprocessConfig) -> FrameGeometry:
-    """Resized and padded size of every frame of a clip of a `height` x `width` video."""
-    return frame_geometry(height, width, dataclasses.replace(preprocess, long_side=transform.long_side))
 
 
 def transform_frame(frame_bgr: np.ndarray, masks: np.ndarray, transform: ClipTransform,
