@@ -14,6 +14,7 @@ every split of the call is complete: a crash or Ctrl-C leaves no partial split.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -114,6 +115,9 @@ def generate(out_dir: Path, configs: SynthConfig | Sequence[SynthConfig], worker
              on_progress: ProgressCallback | None = None) -> SynthSummary:
     """Generate one split per config into `out_dir` (see the module docstring for the layout).
 
+    With `workers` > 1 videos are rendered in spawned processes, which import the calling
+    script again: guard a script's own work with `if __name__ == "__main__":`.
+
     Raises:
         UsageError: a split already exists (without `overwrite`), two configs name one split,
             `workers` below 1, or photo backgrounds asked for without scikit-image.
@@ -137,7 +141,7 @@ def generate(out_dir: Path, configs: SynthConfig | Sequence[SynthConfig], worker
     targets: list[AtomicDirectory] = []
     summaries: list[SplitSummary] = []
     try:
-        with _mapper(workers) as run:
+        with _video_mapper(workers) as run:
             for config, source in zip(configs, sources):
                 target = AtomicDirectory(out_dir / config.split)
                 targets.append(target)
@@ -258,26 +262,19 @@ def _encode(masks: list[np.ndarray]) -> list[dict[str, Any]]:
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
 
 
-class _mapper:
-    """Context manager yielding an ordered map over jobs: in this process for one worker, else
-    on a pool of spawned processes (fork is unsafe with the threads torch and rich start)."""
-
-    def __init__(self, workers: int) -> None:
-        self._workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> Callable[[Iterable[_Job]], Iterator[_VideoRecord]]:
-        if self._workers == 1:
-            return lambda jobs: map(_make_video, jobs)
-        self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker)
-        pool = self._pool
-        return lambda jobs: pool.map(_make_video, jobs)
-
-    def __exit__(self, *_: object) -> None:
-        if self._pool is not None:
-            # Queued videos are dropped; running ones take well under a second to finish.
-            self._pool.shutdown(wait=True, cancel_futures=True)
+@contextlib.contextmanager
+def _video_mapper(workers: int) -> Iterator[Callable[[Iterable[_Job]], Iterator[_VideoRecord]]]:
+    """An ordered map over jobs: in this process for one worker, else on a pool of spawned
+    processes (fork is unsafe with the threads torch and rich start)."""
+    if workers == 1:
+        yield lambda jobs: map(_make_video, jobs)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+    try:
+        yield lambda jobs: pool.map(_make_video, jobs)
+    finally:
+        # Queued videos are dropped; running ones take well under a second to finish.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker() -> None:
