@@ -13,6 +13,7 @@ from vppcli.cli import checkpoints  # noqa: F401  (registers `vpp convert`, `vpp
 from vppcli.cli import evaluate  # noqa: F401  (registers `vpp eval`)
 from vppcli.cli import segment  # noqa: F401  (registers `vpp segment`)
 from vppcli.cli import synth  # noqa: F401  (registers `vpp synth`)
+from vppcli.cli import train  # noqa: F401  (registers `vpp train`)
 from vppcli.cli.app import app, error_line
 from vppcli.errors import EXIT_INTERRUPTED, EXIT_USAGE
 

@@ -193,6 +193,15 @@ def run(job: EvalJob, progress: Progress | None = None,
             dist.destroy_process_group()
 
 
+def run_in_process(job: EvalJob, loaded: tuple[VppModel, ClassMapping] | None = None,
+                   progress: Progress | None = None) -> RunOutcome:
+    """Evaluate every video in this process, whatever a torchrun environment says (validation
+    inside one rank of a training run)."""
+    resumed = prepare_output(job)
+    _process_shard(job, 0, 1, 0, progress, loaded)
+    return collect(job, resumed)
+
+
 def run_sharded(job: EvalJob, shards: int, progress: Progress | None = None) -> RunOutcome:
     """Evaluate with `shards` worker processes (a local gloo group on 127.0.0.1) and merge."""
     if shards < 1:
