@@ -14,6 +14,7 @@ from rich.text import Text
 
 from vppcli import __version__
 from vppcli.errors import EXIT_CODES_HELP, EXIT_USAGE, VppError
+from vppcli.hardware import resolve_dtype
 
 app = typer.Typer(
     name="vpp",
@@ -28,12 +29,18 @@ stderr = Console(stderr=True)
 
 
 class DType(str, Enum):
+    auto = "auto"  # bf16 where it runs natively (CUDA, AVX512-BF16/AMX CPUs), else fp32
     fp32 = "fp32"
     bf16 = "bf16"
 
+    def resolve(self, device: torch.device) -> torch.dtype:
+        """The dtype to compute in on `device` (warns once for bf16 on a CPU without bf16)."""
+        return resolve_dtype(self.value, device)
+
     @property
     def torch_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self is DType.bf16 else torch.float32
+        """`resolve` for the CPU; commands that know their device call `resolve(device)`."""
+        return self.resolve(torch.device("cpu"))
 
 
 class Device(str, Enum):
