@@ -27,12 +27,21 @@ def test_bench_json_reports_dense_and_pruned_runs():
     assert pruned["gflops"]["vit_blocks"] < dense["gflops"]["vit_blocks"]
     assert set(dense["component_ms"]) >= {"vit_blocks", "adapter", "pixel_decoder", "transformer_decoder", "tracker"}
     assert report["ratios"]["token_ratio"] == pytest.approx(pruned["realised_keep_ratio"])
+    # achieved rates next to the machine's matmul rate, and the grid_sample comparison
+    assert set(dense["gflops_per_s"]) == {"spatial_prior", "vit_blocks", "adapter", "pruning", "pixel_decoder",
+                                          "transformer_decoder", "total"}
+    assert all(rate > 0 for rate in dense["gflops_per_s"].values())
+    assert set(report["matmul_gflops_per_s"]) == {"float32"} and report["matmul_gflops_per_s"]["float32"] > 0
+    assert report["ratios"]["dense_total_of_matmul"] > 0
+    assert report["deform_attn"]["queries"] == 2 * 3 + 4 * 6 + 8 * 12
+    assert report["deform_attn"]["reference_ms"] > 0 and report["deform_attn"]["ms"] > 0
 
 
 def test_bench_table_and_native_mode():
     result = runner.invoke(app, SMALL)
     assert result.exit_code == 0, result.output
     assert "pruned (r=native)" in result.stdout and "ViT blocks: time ratio" in result.stdout
+    assert "float32 matmul" in result.stdout and "with grid_sample" in result.stdout
 
 
 @pytest.mark.parametrize("args", [

@@ -4,6 +4,10 @@ Frames are synthetic (a textured background with moving shapes) at exactly the r
 network size, so no resizing or padding is measured. The first `warmup` frames of the video are
 run but not timed: a video's first frame is dense up to the first selective module, and the
 first calls pay one-off allocation costs.
+
+Each component's achieved GFLOP/s (analytical FLOPs / measured time) is reported next to the
+machine's matmul GFLOP/s measured in the same run, so one reads how close each part runs to the
+limit; the deformable attention is also timed against its former `grid_sample` formulation.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 from vppcli.config import preset
 from vppcli.inference import VideoPredictor
+from vppcli.kernel_bench import compare_deform_attn, matmul_gflops
 from vppcli.model.flops import frame_flops
 from vppcli.model.rovis import build_model
 from vppcli.profiling import SectionTimer, peak_memory, timed
@@ -23,6 +28,11 @@ from vppcli.profiling import SectionTimer, peak_memory, timed
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("spatial_prior", "vit_blocks", "adapter", "pruning", "pixel_decoder", "transformer_decoder", "tracker")
+# Timed component -> the FLOP parts it runs (the "vit_blocks" section also embeds the patches).
+_COMPONENT_FLOPS = {
+    "spatial_prior": ("spatial_prior",), "vit_blocks": ("patch_embed", "vit_blocks"), "adapter": ("adapter",),
+    "pruning": ("pruning",), "pixel_decoder": ("pixel_decoder",), "transformer_decoder": ("transformer_decoder",),
+}
 
 
 @dataclass
@@ -36,6 +46,7 @@ class RunReport:
     gflops: dict[str, float]
     peak_memory_mb: float
     peak_memory_kind: str
+    gflops_per_s: dict[str, float] = field(default_factory=dict)  # achieved, per component and "total"
 
 
 @dataclass
@@ -48,6 +59,8 @@ class BenchReport:
     device: str
     threads: int
     runs: list[RunReport] = field(default_factory=list)
+    matmul_gflops_per_s: dict[str, float] = field(default_factory=dict)  # the machine's, per dtype
+    deform_attn: dict[str, float] = field(default_factory=dict)  # pixel-decoder MSDA vs grid_sample
 
     def ratios(self) -> dict[str, float]:
         """Pruned / dense ratios of the first two runs."""
@@ -58,7 +71,12 @@ class BenchReport:
             "vit_flops_ratio": pruned.gflops["vit_blocks"] / dense.gflops["vit_blocks"],
             "model_speedup": dense.ms_per_frame / pruned.ms_per_frame,
             "model_flops_speedup": dense.gflops["total"] / pruned.gflops["total"],
+            **{f"dense_{name}_of_matmul": self.fraction_of_matmul(dense, name) for name in dense.gflops_per_s},
         }
+
+    def fraction_of_matmul(self, run: RunReport, component: str) -> float:
+        """A component's achieved GFLOP/s over this run's matmul GFLOP/s in the same dtype."""
+        return run.gflops_per_s[component] / self.matmul_gflops_per_s[self.dtype]
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -114,17 +132,31 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
     measured = len(frames) - warmup
     mean_tokens = tokens / measured
     peak, kind = peak_memory(device)
+    component_ms = {name: timer.totals_ms.get(name, 0.0) / measured for name in COMPONENTS}
+    gflops = {name: value / measured for name, value in flops_total.items()}
+    ms_per_frame = timer.totals_ms["total"] / measured
     return RunReport(
         label=label,
         keep_ratio=keep_ratio,
-        ms_per_frame=timer.totals_ms["total"] / measured,
-        component_ms={name: timer.totals_ms.get(name, 0.0) / measured for name in COMPONENTS},
+        ms_per_frame=ms_per_frame,
+        component_ms=component_ms,
         tokens_per_block=[round(float(t), 1) for t in mean_tokens],
         realised_keep_ratio=float(mean_tokens.sum() / (len(mean_tokens) * num_tokens)),
-        gflops={name: value / measured for name, value in flops_total.items()},
+        gflops=gflops,
         peak_memory_mb=peak,
         peak_memory_kind=kind,
+        gflops_per_s=achieved_rates(component_ms, ms_per_frame, gflops),
     )
+
+
+def achieved_rates(component_ms: dict[str, float], ms_per_frame: float, gflops: dict[str, float]) -> dict[str, float]:
+    """GFLOP/s per timed component and for the whole frame ("total")."""
+    rates = {
+        name: sum(gflops[part] for part in parts) / (component_ms[name] / 1e3)
+        for name, parts in _COMPONENT_FLOPS.items() if component_ms.get(name, 0.0) > 0
+    }
+    rates["total"] = gflops["total"] / (ms_per_frame / 1e3)
+    return rates
 
 
 def run_benchmark(preset_name: str, size: tuple[int, int], keep_ratio: float | None, frames: int, warmup: int = 2,
@@ -141,7 +173,14 @@ def run_benchmark(preset_name: str, size: tuple[int, int], keep_ratio: float | N
     clip = synthetic_frames(warmup + frames, height, width, seed)
     report = BenchReport(preset_name, size, frames, warmup, str(dtype).removeprefix("torch."), str(device),
                          torch.get_num_threads())
+    logger.info("measuring the machine's matmul rate")
+    for matmul_dtype in dict.fromkeys((torch.float32, dtype)):
+        report.matmul_gflops_per_s[str(matmul_dtype).removeprefix("torch.")] = matmul_gflops(matmul_dtype, device)
     for label, ratio in (("dense", 1.0), ("pruned", keep_ratio)):
         logger.info("running %s (%d frames)", label, warmup + frames)
         report.runs.append(_run(model, clip, warmup, ratio, label, device, dtype))
+    logger.info("timing the deformable attention against its grid_sample formulation")
+    comparison = compare_deform_attn(config, size, dtype, device)
+    report.deform_attn = {"queries": comparison.queries, "ms": comparison.ms,
+                          "reference_ms": comparison.reference_ms, "speedup": comparison.speedup}
     return report

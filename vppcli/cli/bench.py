@@ -12,7 +12,7 @@ from rich.table import Table
 from vppcli.cli.app import DType, Device, app, fail, resolve_device, stdout
 
 if TYPE_CHECKING:
-    from vppcli.bench import BenchReport
+    from vppcli.bench import BenchReport, RunReport
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -32,7 +32,8 @@ def bench(
     frames: Annotated[int, typer.Option(min=1, help="Timed frames per run.")] = 8,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed frames before timing (frame 0 included).")] = 2,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's choice).")] = None,
-    dtype: Annotated[DType, typer.Option(help="fp32, or bf16 autocast.")] = DType.fp32,
+    dtype: Annotated[DType, typer.Option(
+        help="fp32, bf16 autocast, or auto (bf16 only where it runs natively).")] = DType.fp32,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.cpu,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -42,16 +43,22 @@ def bench(
     height, width = _parse_size(size)
     if threads is not None:
         torch.set_num_threads(threads)
-    torch_dtype = dtype.torch_dtype
+    torch_device = resolve_device(device)
     try:
-        report = run_benchmark(preset, (height, width), keep_ratio, frames, warmup, torch_dtype,
-                               resolve_device(device))
+        report = run_benchmark(preset, (height, width), keep_ratio, frames, warmup, dtype.resolve(torch_device),
+                               torch_device)
     except ValueError as error:
         raise fail(str(error)) from None
     if as_json:
         stdout.print_json(json.dumps(report.to_dict()))
         return
     _print_bench(report)
+
+
+def _ms_rate(run: RunReport, name: str) -> str:
+    ms = run.ms_per_frame if name == "total" else run.component_ms[name]
+    rate = run.gflops_per_s.get(name)
+    return f"{ms:.1f}" if rate is None else f"{ms:.1f} ({rate:.1f})"
 
 
 def _print_bench(report: BenchReport) -> None:
@@ -63,9 +70,9 @@ def _print_bench(report: BenchReport) -> None:
     table.add_column("dense", justify="right")
     table.add_column(f"pruned (r={pruned.keep_ratio if pruned.keep_ratio is not None else 'native'})",
                      justify="right")
-    table.add_row("ms / frame", f"{dense.ms_per_frame:.1f}", f"{pruned.ms_per_frame:.1f}")
+    table.add_row("ms / frame (GFLOP/s)", _ms_rate(dense, "total"), _ms_rate(pruned, "total"))
     for name in dense.component_ms:
-        table.add_row(f"  {name}", f"{dense.component_ms[name]:.1f}", f"{pruned.component_ms[name]:.1f}")
+        table.add_row(f"  {name}", _ms_rate(dense, name), _ms_rate(pruned, name))
     table.add_row("realised keep ratio", f"{dense.realised_keep_ratio:.3f}", f"{pruned.realised_keep_ratio:.3f}")
     table.add_row("tokens per block", " ".join(f"{t:g}" for t in dense.tokens_per_block),
                   " ".join(f"{t:g}" for t in pruned.tokens_per_block))
@@ -74,6 +81,17 @@ def _print_bench(report: BenchReport) -> None:
     table.add_row(f"peak memory MB ({dense.peak_memory_kind})", f"{dense.peak_memory_mb:.0f}",
                   f"{pruned.peak_memory_mb:.0f}")
     stdout.print(table)
+    matmul = report.matmul_gflops_per_s[report.dtype]
+    stdout.print(
+        f"machine: {report.dtype} matmul {matmul:.1f} GFLOP/s; dense whole model at "
+        f"{report.fraction_of_matmul(dense, 'total'):.0%} of it, pixel decoder at "
+        f"{report.fraction_of_matmul(dense, 'pixel_decoder'):.0%}"
+    )
+    attn = report.deform_attn
+    stdout.print(
+        f"pixel-decoder deformable attention ({attn['queries']:.0f} queries): {attn['ms']:.1f} ms vs "
+        f"{attn['reference_ms']:.1f} ms with grid_sample ({attn['speedup']:.1f}x)"
+    )
     ratios = report.ratios()
     stdout.print(
         f"ViT blocks: time ratio {ratios['vit_time_ratio']:.3f} vs token ratio {ratios['token_ratio']:.3f} "
