@@ -74,8 +74,10 @@ class DWConv(nn.Module):
         batch, _, channels = x.shape
         sizes = ((2 * height, 2 * width), (height, width), (height // 2, width // 2))
         parts = torch.split(x, [h * w for h, w in sizes], dim=1)
+        # Tokens [B, h*w, C] are a channels-last map: the convolution reads and writes that
+        # layout directly, so no transpose copy is made on the way in or out.
         out = [
-            self.dwconv(part.transpose(1, 2).reshape(batch, channels, h, w)).flatten(2).transpose(1, 2)
+            self.dwconv(part.view(batch, h, w, channels).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(batch, h * w, channels)
             for part, (h, w) in zip(parts, sizes)
         ]
         return torch.cat(out, dim=1)
