@@ -26,7 +26,7 @@ _FIELDS = {
     "warmup": "warmup_steps", "clip_grad": "clip_grad_norm", "freeze": "freeze", "target_pkr": "target_pkr",
     "map_keep": "map_keep_ratio", "sm_keep": "selective_keep_ratios", "amp": "amp", "device": "device",
     "threads": "threads", "seed": "seed", "save_every": "save_every", "log_every": "log_every",
-    "val_annotations": "val_annotations", "val_images": "val_images", "val_every": "val_every",
+    "val": "val_annotations", "val_images": "val_images", "val_every": "val_every",
     "val_videos": "val_videos", "no_flip": "flip",
 }
 
@@ -34,6 +34,19 @@ _FIELDS = {
 def _given_on_command_line(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name == "COMMANDLINE"
+
+
+def _split(path: str | None, images: str | None, option: str, images_option: str) -> tuple[str | None, str | None]:
+    """(annotation file, frames directory) of a split given as a directory or as a file."""
+    if path is None:
+        return None, images
+    if Path(path).is_dir():
+        if images is not None:
+            raise UsageError(f"{option} {path} is a split directory (frames in its JPEGImages/); drop {images_option}")
+        return str(Path(path) / "instances.json"), str(Path(path) / "JPEGImages")
+    if images is None:
+        raise UsageError(f"{option} {path} is an annotation file: give its frames directory with {images_option}")
+    return path, images
 
 
 def _numbers(text: str | None, kind: type, option: str) -> tuple[Any, ...] | None:
@@ -52,8 +65,10 @@ def _numbers(text: str | None, kind: type, option: str) -> tuple[Any, ...] | Non
 def train(
     ctx: typer.Context,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (checkpoints, metrics).")],
-    data: Annotated[str | None, typer.Option(help="Training annotations (YouTube-VIS JSON).")] = None,
-    images: Annotated[str | None, typer.Option(help="Frames directory of the training split (JPEGImages).")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Training split: a directory with instances.json and JPEGImages/ (as `vpp synth` writes), "
+        "or a YouTube-VIS annotation file (then give --images).")] = None,
+    images: Annotated[str | None, typer.Option(help="Frames directory, when --data is an annotation file.")] = None,
     stage: Annotated[str, typer.Option(help="dense (pruning off) or vpp (sparse fine-tuning).")] = "dense",
     preset: Annotated[str, typer.Option(help="Architecture: compact, tiny or small.")] = "compact",
     init: Annotated[str | None, typer.Option(
@@ -79,8 +94,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the weights, the data stream and every random draw.")] = 0,
     save_every: Annotated[int, typer.Option(help="Save last.safetensors every N steps.")] = 500,
     log_every: Annotated[int, typer.Option(help="Append to metrics.jsonl every N steps.")] = 10,
-    val_annotations: Annotated[str | None, typer.Option(help="Validation annotations (with ground truth).")] = None,
-    val_images: Annotated[str | None, typer.Option(help="Validation frames directory.")] = None,
+    val: Annotated[str | None, typer.Option(
+        help="Validation split with ground truth (directory or annotation file, as --data).")] = None,
+    val_images: Annotated[str | None, typer.Option(help="Validation frames, when --val is an annotation file.")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every N steps (0: at the end only).")] = 0,
     val_videos: Annotated[int | None, typer.Option(min=1, help="Validate on the first N videos only.")] = None,
     no_flip: Annotated[bool, typer.Option("--no-flip", help="No horizontal flips.")] = False,
@@ -105,7 +121,7 @@ def train(
         "backbone_lr_mult": backbone_lr_mult, "weight_decay": weight_decay, "warmup": warmup,
         "clip_grad": clip_grad, "target_pkr": target_pkr, "map_keep": map_keep, "amp": amp, "device": device,
         "threads": threads, "seed": seed, "save_every": save_every, "log_every": log_every,
-        "val_annotations": val_annotations, "val_images": val_images, "val_every": val_every,
+        "val": val, "val_images": val_images, "val_every": val_every,
         "val_videos": val_videos, "no_flip": not no_flip,
     }
     try:
@@ -114,14 +130,16 @@ def train(
         values["freeze"] = tuple(p.strip() for p in freeze.split(",") if p.strip()) if freeze else ()
         if amp not in ("off", "bf16"):
             raise UsageError(f"--amp must be off or bf16, got {amp!r}")
+        values["data"], values["images"] = _split(data, images, "--data", "--images")
+        values["val"], values["val_images"] = _split(val, val_images, "--val", "--val-images")
         if resume:
             stored = load_state(output).config
             given = {_FIELDS[name]: value for name, value in values.items()
                      if _given_on_command_line(ctx, name)}
             config = dataclasses.replace(stored, **given)
         else:
-            if data is None or images is None:
-                raise UsageError("--data and --images are required (or --resume an existing run)")
+            if values["data"] is None:
+                raise UsageError("--data is required (or --resume an existing run)")
             config = TrainConfig(output=str(output), **{_FIELDS[name]: value for name, value in values.items()})
     except VppError as error:
         raise fail_with(error) from None
@@ -155,8 +173,8 @@ class _Progress:
 
     def update(self, trainer: Any, result: Any) -> None:
         now = time.monotonic()
-        if self._started is None:
-            self._started, self._first_step = now, result.step - 1
+        if self._started is None:  # the first step's own time counts, so the rate is never infinite
+            self._started, self._first_step = now - result.seconds, result.step - 1
         if self.quiet or (now - self._last < self.INTERVAL and result.step != trainer.config.steps):
             return
         self._last = now
