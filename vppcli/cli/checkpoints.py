@@ -17,7 +17,7 @@ from vppcli.errors import EXIT_INTERRUPTED, VppError
 if TYPE_CHECKING:
     from vppcli.config import VppConfig
 
-weights_app = typer.Typer(help="List and download the released VPP models.", no_args_is_help=True)
+weights_app = typer.Typer(help="List, download and export models.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
 
@@ -151,6 +151,23 @@ def download(
         raise fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED) from None
     stderr.print(f"saved to {path}", markup=False)
     stdout.print(str(path), markup=False, highlight=False)
+
+
+@weights_app.command("export")
+def export(
+    src: Annotated[Path, typer.Argument(help="A vppcli checkpoint, e.g. a training run's last.safetensors.")],
+    dst: Annotated[Path, typer.Argument(help="Output file (.safetensors).")],
+    dtype: Annotated[str, typer.Option(help="Storage dtype of the weights: fp16, bf16 or fp32.")] = "fp16",
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
+) -> None:
+    """Re-save a checkpoint for shipping: weights in a smaller dtype, metadata kept."""
+    from vppcli.checkpoints.export import export_checkpoint
+
+    try:
+        path = export_checkpoint(src, dst, dtype, overwrite)
+    except VppError as error:
+        raise fail_with(error) from None
+    stderr.print(Text(f"exported {src} -> {path} ({path.stat().st_size / 1e6:.1f} MB, {dtype})"), soft_wrap=True)
 
 
 @app.command()
