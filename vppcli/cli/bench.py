@@ -90,7 +90,8 @@ def _print_bench(report: BenchReport) -> None:
     attn = report.deform_attn
     stdout.print(
         f"pixel-decoder deformable attention ({attn['queries']:.0f} queries): {attn['ms']:.1f} ms vs "
-        f"{attn['reference_ms']:.1f} ms with grid_sample ({attn['speedup']:.1f}x)"
+        f"{attn['reference_ms']:.1f} ms with grid_sample ({attn['speedup']:.1f}x); sampling alone "
+        f"{attn['sampling_ms']:.1f} vs {attn['sampling_reference_ms']:.1f} ms ({attn['sampling_speedup']:.1f}x)"
     )
     ratios = report.ratios()
     stdout.print(
