@@ -23,14 +23,14 @@ import torch
 from torch import Tensor
 
 from vppcli.config import PreprocessConfig, VppConfig
-from vppcli.model.backbone import TemporalCache
+from vppcli.model.backbone import BackboneOutput, TemporalCache
 from vppcli.model.postprocess import detections_from_predictions
 from vppcli.model.pruning import PruningPlan, distance_prior, keep_budgets
 from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator, TrackerState, track_queries, update
 from vppcli.preprocess import FrameGeometry, preprocess_frame
 from vppcli.profiling import SectionTimer, timed
-from vppcli.results import FrameInstances, FrameStats
+from vppcli.results import FrameInstances, FrameStats, PruningMasks, PruningStage
 
 @dataclass
 class VideoState:
@@ -44,6 +44,7 @@ class VideoState:
     tracks: TrackAccumulator = field(default_factory=TrackAccumulator)
     generator: torch.Generator | None = None  # reference-noise mode only
     seed: int | None = None
+    record_masks: bool = False  # a setting of the video: hand out each frame's keep masks
 
     def reset(self) -> None:
         """Forget the video: the next frame is a first frame (and the noise restarts)."""
@@ -74,11 +75,13 @@ class VideoPredictor:
         reference_noise: add the Gumbel noise of the authors' test-time code (stochastic, but
             reproducible through `seed`). Off by default: same input, same output.
         device / dtype: where and in what precision to run; bf16 uses autocast.
+        record_masks: put every frame's per-block keep masks in `stats.pruning` (default for
+            `new_video`); off, the model records nothing and the masks cost nothing.
     """
 
     def __init__(self, model: VppModel, keep_ratio: float | None = None, reference_noise: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 long_side: int | None = None) -> None:
+                 long_side: int | None = None, record_masks: bool = False) -> None:
         if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
         if dtype not in (torch.float32, torch.bfloat16):
@@ -92,13 +95,17 @@ class VideoPredictor:
         self.reference_noise = reference_noise
         self.seed = seed
         self.dtype = dtype
+        self.record_masks = record_masks
+        self.stages = pruning_stages(self.config)
 
-    def new_video(self) -> VideoState:
+    def new_video(self, record_masks: bool | None = None) -> VideoState:
+        """The state of a new video; `record_masks` overrides the predictor's setting for it."""
         generator = None
         if self.reference_noise:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(self.seed)
-        return VideoState(generator=generator, seed=self.seed if self.reference_noise else None)
+        return VideoState(generator=generator, seed=self.seed if self.reference_noise else None,
+                          record_masks=self.record_masks if record_masks is None else record_masks)
 
     def plan_for(self, geometry: FrameGeometry, state: VideoState) -> PruningPlan:
         budgets = None
@@ -106,7 +113,8 @@ class VideoPredictor:
             fractions = self.config.pruning.trained_fractions(self.config.vit.depth)
             height, width = geometry.grid
             budgets = keep_budgets(fractions, self.keep_ratio, height * width)
-        return PruningPlan(budgets=budgets, generator=state.generator, tau=self.config.pruning.tau)
+        return PruningPlan(budgets=budgets, generator=state.generator, tau=self.config.pruning.tau,
+                           record_masks=state.record_masks)
 
     @torch.inference_mode()
     def step(self, state: VideoState, frame_rgb: np.ndarray, timer: SectionTimer | None = None) -> FrameInstances:
@@ -138,16 +146,39 @@ class VideoPredictor:
                                state.frame_index, self.config.tracker)
         state.cache = output.backbone.cache
         state.tracks.add(instances)
+        pruning = self._pruning_masks(output.backbone, geometry) if state.record_masks else None
         instances.stats = FrameStats(output.backbone.tokens_per_block, grid[0] * grid[1],
-                                     output.backbone.map_candidates, geometry.padded_size, num_track_queries)
+                                     output.backbone.map_candidates, geometry.padded_size, num_track_queries,
+                                     pruning)
         state.frame_index += 1
         return instances
+
+    def _pruning_masks(self, backbone: BackboneOutput, geometry: FrameGeometry) -> PruningMasks:
+        if backbone.block_masks is None:
+            raise RuntimeError("the backbone recorded no keep masks although the plan asked for them")
+        # Blocks of a stage share one mask tensor: copy each to the CPU once.
+        on_cpu: dict[int, Tensor] = {}
+        for mask in backbone.block_masks:
+            if mask is not None and id(mask) not in on_cpu:
+                on_cpu[id(mask)] = mask.reshape(geometry.grid).cpu()
+        blocks = tuple(None if mask is None else on_cpu[id(mask)] for mask in backbone.block_masks)
+        first_frame = self.config.pruning.enabled and backbone.map_candidates is None
+        return PruningMasks(geometry.grid, geometry.image_size, blocks, self.stages, first_frame)
 
     def stream(self, frames: Iterable[np.ndarray], state: VideoState | None = None) -> Iterator[FrameInstances]:
         """Lazily segment a sequence of frames of one video."""
         state = state if state is not None else self.new_video()
         for frame in frames:
             yield self.step(state, frame)
+
+
+def pruning_stages(config: VppConfig) -> tuple[PruningStage, ...]:
+    """The stages of the pruning schedule: the Map-SM's block to the first selective module's, and
+    each selective module's block to the next one's (the last to the final block)."""
+    pruning = config.pruning
+    starts = [(pruning.map_block, "map"), *((block, f"sm{i}") for i, block in enumerate(pruning.selective_blocks, 1))]
+    ends = [block - 1 for block, _ in starts[1:]] + [config.vit.depth - 1]
+    return tuple(PruningStage(name, (start, end)) for (start, name), end in zip(starts, ends))
 
 
 def _with_long_side(config: VppConfig, long_side: int) -> PreprocessConfig:

@@ -8,6 +8,48 @@ import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class PruningStage:
+    """ViT blocks that share one keep mask: from a pruning module's block to the next one's.
+
+    name: "map" (the Mapping-Selective Module) or "sm1", "sm2", ... (the selective modules in order).
+    blocks: (first, last) block, inclusive.
+    """
+
+    name: str
+    blocks: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PruningMasks:
+    """Which patches every ViT block of one frame processed; recorded only on request
+    (`VideoPredictor(record_masks=True)`, `Segmenter(record_pruning=True)`).
+
+    grid: (H, W) patch grid of the padded network input (stride 16), N = H * W.
+    input_size: (Hi, Wi) the resized frame inside the padded input (the padding is bottom/right),
+        so grid row r covers frame rows [16 r, 16 r + 16) * H0 / Hi.
+    blocks: per ViT block, [H, W] bool on the CPU (row-major like the tokens), None = every patch.
+    stages: where the masks change (block 0 is always dense and belongs to none).
+    first_frame: no temporal prior (first frame of a video, or one the Map-SM cannot use), so the
+        Map-SM did not run and its stage is dense.
+    """
+
+    grid: tuple[int, int]
+    input_size: tuple[int, int]
+    blocks: tuple[Tensor | None, ...]
+    stages: tuple[PruningStage, ...]
+    first_frame: bool
+
+    def block_mask(self, block: int) -> Tensor:
+        """[H, W] bool keep mask of `block` (all True where every patch was processed)."""
+        mask = self.blocks[block]
+        return torch.ones(self.grid, dtype=torch.bool) if mask is None else mask
+
+    def stage_mask(self, stage: PruningStage) -> Tensor:
+        """[H, W] bool keep mask of the blocks of `stage` (they share it)."""
+        return self.block_mask(stage.blocks[0])
+
+
 @dataclass
 class FrameStats:
     """Efficiency figures of one frame (counts, not timings, unless named `*_ms`)."""
@@ -17,6 +59,7 @@ class FrameStats:
     map_candidates: int | None = None  # previous-frame tokens the Map-SM compared against
     padded_size: tuple[int, int] = (0, 0)  # (Hp, Wp) network input, for `flops.frame_flops`
     num_track_queries: int = 0  # track queries fed to the decoder this frame
+    pruning: PruningMasks | None = None  # per-block keep masks, only when recorded
 
     @property
     def keep_ratio(self) -> float:
