@@ -29,7 +29,7 @@ from vppcli.errors import UsageError
 from vppcli.inference import VideoPredictor
 from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator
-from vppcli.outputs import OverlayWriter, finish_and_commit, open_writers
+from vppcli.outputs import OverlayWriter, finish_and_commit, needs_pruning_masks, open_writers
 from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
 from vppcli.results import FrameInstances, FrameStats, TrackSummary
 from vppcli.video import FrameSelection, FrameSource, open_source
@@ -108,18 +108,21 @@ class Segmenter:
             them, so ids stay stable).
         classes: keep only these class names in the outputs (None = all).
         device / dtype / long_side / reference_noise / seed: see `VideoPredictor`.
+        record_pruning: every frame's per-block keep masks in `instances.stats.pruning` (the
+            pruning formats turn this on for their video by themselves).
     """
 
     def __init__(self, model: VppModel, *, keep_ratio: float | None = None, score_threshold: float = 0.0,
                  classes: Sequence[str] | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, long_side: int | None = None,
-                 reference_noise: bool = False, seed: int = 0) -> None:
+                 reference_noise: bool = False, seed: int = 0, record_pruning: bool = False) -> None:
         if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
             raise UsageError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
         if not 0.0 <= score_threshold <= 1.0:
             raise UsageError(f"--score-threshold must be in [0, 1], got {score_threshold}")
         try:
-            self.predictor = VideoPredictor(model, keep_ratio, reference_noise, seed, device, dtype, long_side)
+            self.predictor = VideoPredictor(model, keep_ratio, reference_noise, seed, device, dtype, long_side,
+                                            record_pruning)
         except ValueError as error:
             raise UsageError(str(error)) from None
         self.score_threshold = score_threshold
@@ -162,11 +165,14 @@ class Segmenter:
             instances.masks[keep], instances.boxes[keep], instances.stats,
         )
 
-    def stream(self, source: str | Path | FrameSource,
-               selection: FrameSelection = FrameSelection()) -> Iterator[SegmentedFrame]:
-        """Segment the selected frames of one video, lazily, one frame at a time."""
+    def stream(self, source: str | Path | FrameSource, selection: FrameSelection = FrameSelection(),
+               *, record_pruning: bool | None = None) -> Iterator[SegmentedFrame]:
+        """Segment the selected frames of one video, lazily, one frame at a time.
+
+        `record_pruning` overrides the segmenter's setting for this video.
+        """
         with _opened(source) as frames_source:
-            state = self.predictor.new_video()
+            state = self.predictor.new_video(record_pruning)
             for frame in frames_source.frames(selection):
                 instances = self.predictor.step(state, frame.image).cpu()
                 yield SegmentedFrame(frame.index, frame.timestamp, frame.image, self._filtered(instances))
@@ -194,13 +200,16 @@ class Segmenter:
             raise UsageError("an output directory is needed to write files")
         meta = VideoMeta(name, info.path, info.height, info.width, info.fps / selection.stride,
                          video_id, self.config.class_names, self.config.category_ids)
+        record_pruning = needs_pruning_masks(formats)
+        if record_pruning and not self.config.pruning.enabled:
+            logger.warning("the model does not prune (a dense model): every pruning stage shows all patches kept")
         writers: list[OutputWriter] = open_writers(formats, meta, Path(output_dir or "."), stream) if formats else []
         result = VideoResult(name, info.path, video_id)
         result.overlay_encoder = next((w.encoder for w in writers if isinstance(w, OverlayWriter)), None)
         tracks = TrackAccumulator()
         started = time.perf_counter()
         try:
-            for item in self.stream(source, selection):
+            for item in self.stream(source, selection, record_pruning=record_pruning or None):
                 record = FrameRecord(item.index, item.timestamp, item.image, item.instances)
                 for writer in writers:
                     writer.write_frame(record)

@@ -121,8 +121,9 @@ def segment(
         help="Video files, frame directories or images; `-` reads one path per line from stdin.",
         show_default=False)],
     formats: Annotated[list[str] | None, typer.Option(
-        "--format", "-f", help="overlay, ytvis, coco, png, jsonl (repeatable or comma-separated) "
-        "[default: overlay,ytvis].", show_default=False)] = None,
+        "--format", "-f", help="overlay, ytvis, coco, png, jsonl, and the pruning view: pruning (pruning.mp4, "
+        "the patches each pruning stage keeps), pruning-json (pruning.jsonl, the keep masks as bitmaps); "
+        "repeatable or comma-separated \\[default: overlay,ytvis].", show_default=False)] = None,
     output_dir: Annotated[Path, typer.Option(
         "--output-dir", "-o", help="Outputs of input NAME go to OUTPUT_DIR/NAME/.")] = Path("runs/segment"),
     weights: Annotated[str | None, typer.Option(help="Checkpoint file or registered name.")] = None,
@@ -151,8 +152,9 @@ def segment(
 ) -> None:
     """Segment, classify and track every object in videos, with Video Patch Pruning.
 
-    Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json, coco.json, masks/} atomically; jsonl goes
-    to stdout, one line per frame. Progress and the summary go to stderr.
+    Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json, coco.json, masks/, pruning.mp4,
+    pruning.jsonl} atomically; jsonl goes to stdout, one line per frame. Progress and the
+    summary go to stderr.
     """
     if quiet:
         logging.getLogger().setLevel(logging.ERROR)

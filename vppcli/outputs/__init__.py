@@ -1,8 +1,8 @@
 """Output writers of `vpp segment`: one writer per format and video.
 
-Per video directory: `overlay.mp4`, `ytvis.json`, `coco.json`, `masks/`; `jsonl` goes to a
-text stream. The files of a video appear together at `finish_and_commit()`, atomically (see
-`base.py` and `atomic.py`).
+Per video directory: `overlay.mp4`, `ytvis.json`, `coco.json`, `masks/`, and the pruning
+view's `pruning.mp4` and `pruning.jsonl`; `jsonl` goes to a text stream. The files of a video
+appear together at `finish_and_commit()`, atomically (see `base.py` and `atomic.py`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ from vppcli.outputs.coco import CocoWriter
 from vppcli.outputs.jsonl import JsonlWriter
 from vppcli.outputs.overlay import OverlayWriter
 from vppcli.outputs.png_masks import PngMaskWriter
+from vppcli.outputs.pruning import PruningVideoWriter
+from vppcli.outputs.pruning_json import PruningJsonWriter
 from vppcli.outputs.ytvis import YtvisCollector, YtvisWriter
 
 FORMATS = ("overlay", "ytvis", "coco", "png", "jsonl")
 FILE_NAMES = {"overlay": "overlay.mp4", "ytvis": "ytvis.json", "coco": "coco.json", "png": "masks"}
+# These need every frame's keep masks (`FrameStats.pruning`), which the model records only on request.
+PRUNING_FORMATS = ("pruning", "pruning-json")
+PRUNING_FILE_NAMES = {"pruning": "pruning.mp4", "pruning-json": "pruning.jsonl"}
 
 __all__ = [
     "FILE_NAMES",
@@ -31,11 +36,16 @@ __all__ = [
     "JsonlWriter",
     "OutputWriter",
     "OverlayWriter",
+    "PRUNING_FILE_NAMES",
+    "PRUNING_FORMATS",
     "PngMaskWriter",
+    "PruningJsonWriter",
+    "PruningVideoWriter",
     "VideoMeta",
     "YtvisCollector",
     "YtvisWriter",
     "finish_and_commit",
+    "needs_pruning_masks",
     "open_writers",
     "parse_formats",
 ]
@@ -52,16 +62,25 @@ def parse_formats(values: list[str]) -> tuple[str, ...]:
         for name in (part.strip().lower() for part in value.split(",")):
             if not name:
                 continue
-            if name not in FORMATS:
-                raise UsageError(f"unknown output format {name!r}; choose from {', '.join(FORMATS)}")
+            if name not in FORMATS + PRUNING_FORMATS:
+                known = ", ".join(FORMATS + PRUNING_FORMATS)
+                raise UsageError(f"unknown output format {name!r}; choose from {known}")
             if name not in names:
                 names.append(name)
     return tuple(names)
 
 
+def needs_pruning_masks(formats: Sequence[str]) -> bool:
+    return any(name in PRUNING_FORMATS for name in formats)
+
+
 def _open_writer(name: str, meta: VideoMeta, video_dir: Path, stream: TextIO) -> OutputWriter:
     if name == "jsonl":
         return JsonlWriter(meta, stream)
+    if name == "pruning":
+        return PruningVideoWriter(meta, video_dir / PRUNING_FILE_NAMES[name])
+    if name == "pruning-json":
+        return PruningJsonWriter(meta, video_dir / PRUNING_FILE_NAMES[name])
     path = video_dir / FILE_NAMES[name]
     if name == "overlay":
         return OverlayWriter(meta, path)
