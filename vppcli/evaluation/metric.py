@@ -262,10 +262,10 @@ def _gt_rle(segmentation: Any, height: int, width: int, where: str) -> dict[str,
     if not isinstance(segmentation, Mapping) or "counts" not in segmentation \
             or segmentation.get("size", [height, width]) != [height, width]:
         raise InputError(f"{where}: expected polygons or an RLE of size {[height, width]}, got {brief(segmentation)}")
-    return _rle(segmentation["counts"], [height, width], where)
+    return checked_rle(segmentation["counts"], [height, width], where)
 
 
-def _rle(counts: Any, size: list[int], where: str) -> dict[str, Any]:
+def checked_rle(counts: Any, size: list[int], where: str) -> dict[str, Any]:
     """A compressed RLE of `size` that pycocotools can read: its C code trusts the counts, so a
     string must be well formed and run lengths must cover the frame exactly."""
     if isinstance(counts, str):
@@ -303,7 +303,7 @@ def _detection(result: Mapping[str, Any], position: int, videos: Mapping[int, Ma
         if not isinstance(seg, Mapping) or "counts" not in seg or not isinstance(seg.get("size"), list) \
                 or seg["size"] != size:
             raise InputError(f"{where}, frame {frame}: expected an RLE of size {size}, got {brief(seg)}")
-        masks.append(_rle(seg["counts"], size, f"{where}, frame {frame}"))
+        masks.append(checked_rle(seg["counts"], size, f"{where}, frame {frame}"))
     mask_areas = [int(mask_utils.area(m)) if m is not None else 0 for m in masks]
     present = [a for a in mask_areas if a]
     try:

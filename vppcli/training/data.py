@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from vppcli.config import PreprocessConfig
 from vppcli.errors import InputError, UsageError
 from vppcli.evaluation.dataset import Video, YtvisDataset, load_dataset
-from vppcli.evaluation.metric import _rle as checked_rle, brief, is_integer, listing
+from vppcli.evaluation.metric import brief, checked_rle, is_integer, listing
 from vppcli.training.clips import ClipConfig, choose_clip, choose_video
 from vppcli.training.targets import ClipSample, FrameTargets
 from vppcli.training.transforms import ClipTransform, draw_transform, transform_frame
