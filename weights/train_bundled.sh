@@ -5,7 +5,8 @@
 #
 #   bash weights/train_bundled.sh [WORK_DIR]      (default WORK_DIR: runs/bundled)
 #
-# Environment: VPP (the vpp command, default .venv/bin/vpp), DENSE_STEPS, VPP_STEPS, DEVICE.
+# Environment: VPP (the vpp command, default .venv/bin/vpp), DENSE_STEPS, VPP_STEPS, DEVICE, and
+# THREADS (CPU threads; 1 is much faster than 2 when other processes share the two cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/bundled}
@@ -13,6 +14,7 @@ VPP=${VPP:-.venv/bin/vpp}
 DENSE_STEPS=${DENSE_STEPS:-4000}
 VPP_STEPS=${VPP_STEPS:-1500}
 DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-2}
 SIZE=192
 DATA=$WORK/data
 
@@ -30,7 +32,7 @@ train() {  # run_dir, then vpp train options; continues a run that has a checkpo
   "$VPP" train -o "$run" "${resume[@]}" "$@"
 }
 COMMON=(--data "$DATA/train" --val "$DATA/valid" --size $SIZE --lr 2e-4 --backbone-lr-mult 1 --warmup 200
-        --save-every 250 --log-every 25 --device "$DEVICE" --seed 0)
+        --save-every 250 --log-every 25 --device "$DEVICE" --threads "$THREADS" --seed 0)
 train "$WORK/dense" "${COMMON[@]}" --stage dense --steps "$DENSE_STEPS" --val-every 1000
 train "$WORK/vpp" "${COMMON[@]}" --stage vpp --target-pkr 0.5 --init "$WORK/dense/last.safetensors" \
   --steps "$VPP_STEPS" --val-every 500
