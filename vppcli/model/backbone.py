@@ -154,7 +154,7 @@ class SelectiveViTAdapter(nn.Module):
         num_tokens = height * width
         grid = (height, width)
         map_candidates = None
-        if pruning.enabled and cache is not None and cache.usable_for(grid):
+        if pruning.enabled and plan.temporal_prior and cache is not None and cache.usable_for(grid):
             map_candidates = int(cache.active.sum())
             if prior is None:
                 prior = distance_prior(height, width, images.device)
@@ -215,8 +215,8 @@ class SelectiveViTAdapter(nn.Module):
         pruning = self.config.pruning
         budget = plan.budgets[block_index] if plan.budgets is not None else None
         if block_index == pruning.map_block:
-            if cache is None or not cache.usable_for(grid):
-                return None  # first frame: dense up to the first selective module
+            if not plan.temporal_prior or cache is None or not cache.usable_for(grid):
+                return None  # first frame (or image-based pruning): dense up to the first selective module
             assert prior is not None
             if budget is None:
                 budget = native_map_budget(x.shape[1], pruning.map_keep_ratio)
@@ -237,7 +237,7 @@ class SelectiveViTAdapter(nn.Module):
         pruning = self.config.pruning
         assert sparsity is not None
         if block_index == pruning.map_block:
-            if cache is None or not cache.usable_for(grid):
+            if not plan.temporal_prior or cache is None or not cache.usable_for(grid):
                 return None, None
             assert prior is not None
             new_soft, probability = self.map_selective_module.select_soft(

@@ -38,6 +38,8 @@ class PruningPlan:
     soft: training mode: straight-through masks over the full token sequence instead of
         gathering the active tokens (native decisions only, no budgets).
     record_masks: return every block's keep mask in `BackboneOutput.block_masks`.
+    temporal_prior: False = image-based pruning (SViT-style, the paper's baseline): the Map-SM
+        never runs, the blocks before the first selective module stay dense.
     """
 
     budgets: tuple[int, ...] | None = None
@@ -45,6 +47,7 @@ class PruningPlan:
     tau: float = 10.0
     soft: bool = False
     record_masks: bool = False
+    temporal_prior: bool = True
 
     def __post_init__(self) -> None:
         if self.soft and self.budgets is not None:
@@ -86,6 +89,14 @@ def keep_budgets(trained_fractions: tuple[float, ...], keep_ratio: float, num_to
         budgets.append(tokens)
         previous = tokens
     return tuple(budgets)
+
+
+def image_based_fractions(trained_fractions: tuple[float, ...], map_block: int,
+                          first_selective_block: int) -> tuple[float, ...]:
+    """The trained schedule with the Map-SM's blocks dense: the shape `keep_budgets` scales for
+    image-based pruning (only the selective modules prune)."""
+    return tuple(1.0 if map_block <= block < first_selective_block else fraction
+                 for block, fraction in enumerate(trained_fractions))
 
 
 def gumbel(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
