@@ -120,7 +120,7 @@ def test_init_reports_what_it_loaded_and_refuses_another_architecture(data, tmp_
     assert any("selective_modules" in name for name in sparse.init.random)
     assert not sparse.init.reinitialised
     # A timm-style ViT of another width (384) is not this architecture.
-    wide = {f"blocks.0.attn.qkv.weight": torch.zeros(1152, 384), "pos_embed": torch.zeros(1, 197, 384)}
+    wide = {"blocks.0.attn.qkv.weight": torch.zeros(1152, 384), "pos_embed": torch.zeros(1, 197, 384)}
     save_file(wide, str(tmp_path / "vit_small.safetensors"))
     with pytest.raises(CheckpointError, match="another architecture"):
         run_training(_config(data, tmp_path / "bad", steps=1, init=str(tmp_path / "vit_small.safetensors")))
