@@ -49,7 +49,6 @@ def test_bench_table_and_native_mode():
     ["--size", "big"],
     ["--keep-ratio", "1.5"],
     ["--keep-ratio", "0.05"],  # below the always-dense block 0
-    ["--preset", "huge"],
 ])
 def test_bad_options_fail_with_one_line_and_exit_2(args):
     result = runner.invoke(app, [*SMALL, *args])
@@ -65,9 +64,12 @@ def test_version():
 
 @pytest.mark.parametrize(("args", "message"), [
     (["segment", "clip.mp4", "--threads", "0"], "Invalid value for '--threads'"),
-    (["segment"], "Missing argument 'inputs'"),
+    (["segment"], "Missing argument 'INPUTS'"),
     (["segment", "clip.mp4", "--bogus"], "No such option: --bogus"),
     (["nosuch"], "No such command 'nosuch'"),
+    (["bench", "--preset", "huge"], "Invalid value for '--preset'"),
+    (["segment", "clip.mp4", "--preset", "huge"], "Invalid value for '--preset'"),
+    (["segment", "clip.mp4", "--backend", "gpu"], "Invalid value for '--backend'"),
 ])
 def test_click_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
     root = Path(__file__).resolve().parents[1]

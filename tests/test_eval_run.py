@@ -151,7 +151,7 @@ def test_a_failing_shard_is_one_line_with_its_exit_code(weights, tmp_path):
     (data.images / "video_1" / "00010.jpg").write_bytes(b"not a jpeg")  # video 3, found only when read
     result = runner.invoke(app, ["eval", "--dataset", "ytvis21", "--data-root", str(data.root), "--split", "train",
                                  "--weights", str(weights), "-o", str(tmp_path / "out"), *FAST, "--shards", "2",
-                                 "--limit", "2"])
+                                 "--limit", "2", "--quiet"])  # no progress lines: the error line alone
     assert result.exit_code == 3, result.output
     assert "video_1/00010.jpg" in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
@@ -184,10 +184,29 @@ def test_an_unusable_run_record_blocks_resume_but_not_overwrite(data, weights, t
     resumed = runner.invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 3 and message in resumed.stderr and "--overwrite" in resumed.stderr
     assert len(resumed.stderr.strip().splitlines()) == 1 and "Traceback" not in resumed.output
-    assert runner.invoke(app, args).exit_code == 2  # neither: the earlier run is not discarded silently
+    # A run record without a finished video (a run that crashed at start) holds nothing to lose: no flag needed.
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert runner.invoke(app, args).exit_code == 2  # now a finished video is there: not discarded silently
     overwritten = runner.invoke(app, [*args, "--overwrite"])
     assert overwritten.exit_code == 0, overwritten.output
     assert json.loads((predictions / "run.json").read_text())["weights"] == str(weights)
+
+
+def test_a_crashed_start_never_blocks_the_corrected_rerun(data, weights, tmp_path, monkeypatch):
+    args = ["eval", "--dataset", "ytvis21", "--data-root", str(data.root), "--split", "train", "--weights",
+            str(weights), "-o", str(tmp_path), "--videos", "3", *FAST]
+    refused = runner.invoke(app, [*args, "--keep-ratio", "0.05"])  # refused before any work
+    assert refused.exit_code == 2 and "unreachable" in refused.stderr and not (tmp_path / "predictions").exists()
+
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("a bug in the first video")
+
+    monkeypatch.setattr(eval_runner, "_run_video", crash)
+    assert runner.invoke(app, args).exit_code != 0  # the run record is written, no video finished
+    monkeypatch.undo()
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
 
 
 def test_a_random_preset_leaves_the_global_rng_alone():

@@ -9,6 +9,7 @@ import cv2
 import decord
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner, Result
 
@@ -33,7 +34,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(args: list[str], model: VppModel | None, monkeypatch: pytest.MonkeyPatch, stdin: str | None = None) -> Result:
     if model is not None:
         monkeypatch.setattr(segment_cli, "_load_model", lambda weights, preset, device: model)
-    return runner.invoke(app, ["segment", *args, "--size", "96", "--device", "cpu"], input=stdin)
+    size = [] if "--size" in args else ["--size", "96"]
+    return runner.invoke(app, ["segment", *args, *size, "--device", "cpu"], input=stdin)
 
 
 def files_under(directory: Path) -> list[Path]:
@@ -65,7 +67,7 @@ def test_every_format_round_trips(clip: Path, tmp_path: Path, detecting_model: V
 
     # PNG: pixel value = track id; every pixel of an instance that no other instance covers has its id.
     for index, masks in enumerate(masks_by_frame):
-        png = cv2.imread(str(out / "masks" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        png = np.array(Image.open(out / "masks" / f"{index:06d}.png"))  # palette indices = track ids
         assert png.shape == (HEIGHT, WIDTH)
         coverage = sum((m.astype(int) for m in masks.values()), np.zeros((HEIGHT, WIDTH), int))
         for track_id, mask in masks.items():
@@ -158,7 +160,10 @@ def test_unreadable_input_exits_3_with_one_line_and_writes_nothing(
     (["--keep-ratio", "0"], 2, "--keep-ratio must be in (0, 1]"),
     (["-f", "overlay,gif"], 2, "unknown output format 'gif'"),
     (["--classes", "person,unicorn"], 2, "unknown class name(s) unicorn"),
-    (["--backend", "ffmpeg"], 2, "--backend"),
+    (["--keep-ratio", "0.05"], 2, "--keep-ratio 0.05 is unreachable"),  # block 0 is always dense
+    (["--size", "100000"], 2, "--size sides must be between 32 and 4096"),
+    (["--size", "big"], 2, "--size must be a long side N or HEIGHTxWIDTH"),
+    (["--classes", ","], 2, "--classes names no class"),
 ])
 def test_bad_options_exit_2_with_one_line(args: list[str], code: int, message: str, clip: Path, tmp_path: Path,
                                           detecting_model: VppModel, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,9 +176,10 @@ def test_bad_options_exit_2_with_one_line(args: list[str], code: int, message: s
 def test_no_model_and_unwritable_output(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = run([str(clip), "-o", str(tmp_path)], None, monkeypatch)
     assert result.exit_code == 2 and "--weights" in result.stderr
-    result = run([str(clip), "-o", str(tmp_path), "--preset", "huge"], None, monkeypatch)
+    result = run([str(clip), "-o", str(tmp_path), "--preset", "compact", "--weights", "x.safetensors"], None,
+                 monkeypatch)
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == ["error: unknown preset 'huge'; choose from tiny, small, compact"]
+    assert result.stderr.strip().splitlines() == ["error: give either --weights or --preset, not both"]
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     result = run([str(clip), "--preset", "compact", "-o", str(blocker / "out")], None, monkeypatch)
@@ -271,3 +277,30 @@ def test_closing_stdout_early_exits_141_and_leaves_no_file(clip: Path, tmp_path:
     assert process.wait(timeout=120) == 141, process.stderr.read()
     assert json.loads(first)["frame"] == 0
     assert files_under(tmp_path) == []
+
+
+def test_out_of_memory_is_one_line_and_writes_nothing(clip: Path, tmp_path: Path, detecting_model: VppModel,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from vppcli.inference import VideoPredictor
+
+    def no_memory(*_args: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 67500000000 bytes.")
+
+    monkeypatch.setattr(VideoPredictor, "step", no_memory)
+    result = run([str(clip), "-o", str(tmp_path), "-q"], detecting_model, monkeypatch)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory at frame 0 of") and "--size" in lines[0]
+    assert files_under(tmp_path) == []
+
+
+def test_track_ids_shown_are_dense_in_order_of_first_appearance(clip: Path, tmp_path: Path,
+                                                                 detecting_model: VppModel,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run([str(clip), "-f", "jsonl", "-q"], detecting_model, monkeypatch)
+    assert result.exit_code == 0, result.output
+    order: list[int] = []
+    for line in result.stdout.splitlines():
+        order.extend(i["id"] for i in json.loads(line)["instances"] if i["id"] not in order)
+    assert order == list(range(1, len(order) + 1)) and order

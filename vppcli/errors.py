@@ -17,7 +17,7 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for a writer whose reader went away
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 1 internal error; 2 usage error (bad option or value); "
+    "Exit codes: 0 ok; 1 internal error or out of memory; 2 usage error (bad option or value); "
     "3 unreadable input (missing, corrupt or empty video, frame directory or dataset); "
     "4 bad checkpoint; 5 output could not be written; 6 download failed; 130 interrupted; "
     "141 stdout closed early (e.g. piped into head)."
@@ -54,3 +54,9 @@ class OutputError(VppError):
 
 class DownloadError(VppError):
     exit_code = EXIT_DOWNLOAD
+
+
+class ResourceError(VppError):
+    """The machine ran out of something (memory) that a smaller setting may fit in."""
+
+    exit_code = EXIT_INTERNAL

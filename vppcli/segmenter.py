@@ -25,13 +25,15 @@ import torch
 
 from vppcli.config import VppConfig
 from vppcli.efficiency import EfficiencyMeter
-from vppcli.errors import UsageError
+from vppcli.errors import ResourceError, UsageError
 from vppcli.inference import VideoPredictor
+from vppcli.limits import check_keep_ratio
 from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator
 from vppcli.outputs import OverlayWriter, finish_and_commit, needs_pruning_masks, open_writers
 from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
 from vppcli.results import FrameInstances, FrameStats, TrackSummary
+from vppcli.track_ids import DenseTrackIds
 from vppcli.video import FrameSelection, FrameSource, open_source
 
 logger = logging.getLogger(__name__)
@@ -116,8 +118,7 @@ class Segmenter:
                  classes: Sequence[str] | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, long_side: int | None = None,
                  reference_noise: bool = False, seed: int = 0, record_pruning: bool = False) -> None:
-        if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
-            raise UsageError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
+        check_keep_ratio(keep_ratio, model.config)
         if not 0.0 <= score_threshold <= 1.0:
             raise UsageError(f"--score-threshold must be in [0, 1], got {score_threshold}")
         try:
@@ -173,9 +174,19 @@ class Segmenter:
         """
         with _opened(source) as frames_source:
             state = self.predictor.new_video(record_pruning)
+            track_ids = DenseTrackIds()
             for frame in frames_source.frames(selection):
-                instances = self.predictor.step(state, frame.image).cpu()
-                yield SegmentedFrame(frame.index, frame.timestamp, frame.image, self._filtered(instances))
+                try:
+                    instances = self.predictor.step(state, frame.image).cpu()
+                except RuntimeError as error:  # torch.OutOfMemoryError is one
+                    if not _is_out_of_memory(error):
+                        raise
+                    raise ResourceError(
+                        f"out of memory at frame {frame.index} of {frames_source.info.path} "
+                        f"({str(error).splitlines()[0][:120]}); try a smaller --size, --dtype bf16 or another --device"
+                    ) from None
+                yield SegmentedFrame(frame.index, frame.timestamp, frame.image,
+                                     track_ids.apply(self._filtered(instances)))
 
     def segment(self, source: str | Path | FrameSource, *, formats: Sequence[str] = (),
                 output_dir: str | Path | None = None, selection: FrameSelection = FrameSelection(),
@@ -227,6 +238,11 @@ class Segmenter:
             raise
         result.tracks = tracks.summaries()
         return result
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    """An allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 @contextlib.contextmanager

@@ -3,27 +3,39 @@ registry and download of named models.
 
     model = load_model("vpp-tiny-pkr53")          # a registered name (cache, bundled) or a file path
     save_model(model, "mine.safetensors")
+
+Names are imported on first use (PEP 562), so that `vpp weights list` does not import torch.
 """
 
-from vppcli.checkpoints.convert import Conversion, ConversionReport, convert_official
-from vppcli.checkpoints.download import download_weights
-from vppcli.checkpoints.format import CheckpointMetadata, load_model, read_metadata, save_model
-from vppcli.checkpoints.official import convert_file, load_official
-from vppcli.checkpoints.registry import BUNDLED, OFFICIAL, cache_dir, resolve_weights
+from __future__ import annotations
 
-__all__ = [
-    "BUNDLED",
-    "OFFICIAL",
-    "CheckpointMetadata",
-    "Conversion",
-    "ConversionReport",
-    "cache_dir",
-    "convert_file",
-    "convert_official",
-    "download_weights",
-    "load_model",
-    "load_official",
-    "read_metadata",
-    "resolve_weights",
-    "save_model",
-]
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "BUNDLED": "vppcli.checkpoints.registry",
+    "OFFICIAL": "vppcli.checkpoints.registry",
+    "CheckpointMetadata": "vppcli.checkpoints.format",
+    "Conversion": "vppcli.checkpoints.convert",
+    "ConversionReport": "vppcli.checkpoints.convert",
+    "cache_dir": "vppcli.checkpoints.registry",
+    "convert_file": "vppcli.checkpoints.official",
+    "convert_official": "vppcli.checkpoints.convert",
+    "download_weights": "vppcli.checkpoints.download",
+    "load_model": "vppcli.checkpoints.format",
+    "load_official": "vppcli.checkpoints.official",
+    "read_metadata": "vppcli.checkpoints.format",
+    "resolve_weights": "vppcli.checkpoints.registry",
+    "save_model": "vppcli.checkpoints.format",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vppcli.checkpoints' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

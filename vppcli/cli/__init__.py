@@ -1,40 +1,40 @@
 """The `vpp` command line: thin Typer commands over the Python API. Only this package prints.
 
-Each command lives in its own module and registers itself on `app` when imported here.
+Each command lives in its own module and registers itself on `app` when `vppcli.cli.dispatch`
+imports it. The command modules import torch, OpenCV and the model only when a command runs, so
+`--help`, `--version` and `vpp weights list` start fast. Ctrl-C at any moment, even while Python
+is still importing, ends with one line and exit code 130.
 """
+
+from __future__ import annotations
 
 import sys
 
-import typer
-from typer.exceptions import TyperException
+from vppcli.errors import EXIT_INTERRUPTED
 
-from vppcli.cli import bench  # noqa: F401  (registers `vpp bench`)
-from vppcli.cli import checkpoints  # noqa: F401  (registers `vpp convert`, `vpp weights`, `vpp info`)
-from vppcli.cli import evaluate  # noqa: F401  (registers `vpp eval`)
-from vppcli.cli import segment  # noqa: F401  (registers `vpp segment`)
-from vppcli.cli import synth  # noqa: F401  (registers `vpp synth`)
-from vppcli.cli import train  # noqa: F401  (registers `vpp train`)
-from vppcli.cli.app import app, error_line
-from vppcli.errors import EXIT_INTERRUPTED, EXIT_USAGE
+
+def _interrupted() -> int:
+    # A plain write: rich may not be imported yet, or be in the middle of drawing.
+    try:
+        sys.stderr.write("\nerror: interrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr already closed: the exit code still says it
+        pass
+    return EXIT_INTERRUPTED
 
 
 def main() -> None:
-    """Entry point of `vpp` and `python -m vppcli`: click's usage errors (unknown option, bad value,
-    missing argument) become one `error:` line and exit 2, like every other error, instead of a
-    framed panel."""
+    """Entry point of `vpp` and `python -m vppcli`."""
     try:
-        code = app(prog_name="vpp", standalone_mode=False)
-    except TyperException as error:  # typer's (vendored click) usage errors
-        context = getattr(error, "ctx", None)
-        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
-        format_message = getattr(error, "format_message", None)
-        message = format_message() if callable(format_message) else str(error)
-        error_line(f"{message.strip() or type(error).__name__}{hint}")
-        code = EXIT_USAGE
-    except typer.Abort:  # Ctrl-C outside a command's own handling
-        error_line("interrupted")
-        code = EXIT_INTERRUPTED
-    sys.exit(code if isinstance(code, int) else 0)
+        code = run()
+    except KeyboardInterrupt:
+        code = _interrupted()
+    sys.exit(code)
 
+
+try:
+    from vppcli.cli.dispatch import app, run
+except KeyboardInterrupt:  # Ctrl-C while `vpp` is still importing typer and rich
+    sys.exit(_interrupted())
 
 __all__ = ["app", "main"]

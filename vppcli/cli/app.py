@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -14,7 +13,9 @@ from rich.text import Text
 
 from vppcli import __version__
 from vppcli.errors import EXIT_CODES_HELP, EXIT_USAGE, VppError
-from vppcli.hardware import resolve_dtype
+
+if TYPE_CHECKING:  # torch is imported where a command needs it, not to print --help
+    import torch
 
 app = typer.Typer(
     name="vpp",
@@ -35,11 +36,15 @@ class DType(str, Enum):
 
     def resolve(self, device: torch.device) -> torch.dtype:
         """The dtype to compute in on `device` (warns once for bf16 on a CPU without bf16)."""
+        from vppcli.hardware import resolve_dtype
+
         return resolve_dtype(self.value, device)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         """`resolve` for the CPU; commands that know their device call `resolve(device)`."""
+        import torch
+
         return self.resolve(torch.device("cpu"))
 
 
@@ -49,10 +54,19 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-def error_line(message: str) -> None:
+class _ErrorLine:
     """Print one error line on stderr (never wrapped, so scripts can grep it). The message is
-    plain text: paths like `clip [final].mp4` must not be read as rich markup."""
-    stderr.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    plain text: paths like `clip [final].mp4` must not be read as rich markup. `printed` says
+    whether one was printed (an interrupted command that printed nothing still gets a line)."""
+
+    printed = False
+
+    def __call__(self, message: str) -> None:
+        self.printed = True
+        stderr.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+
+
+error_line = _ErrorLine()
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -66,6 +80,8 @@ def fail_with(error: VppError) -> typer.Exit:
 
 
 def resolve_device(device: Device) -> torch.device:
+    import torch
+
     if device is Device.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device is Device.cuda and not torch.cuda.is_available():

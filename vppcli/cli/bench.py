@@ -5,47 +5,59 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.table import Table
 
-from vppcli.cli.app import DType, Device, app, fail, resolve_device, stdout
+from vppcli.cli.app import DType, Device, app, fail, fail_with, resolve_device, stdout
+from vppcli.cli.options import DeviceOption, KeepRatio, Preset, Threads, Verbose
+from vppcli.errors import VppError
 
 if TYPE_CHECKING:
     from vppcli.bench import BenchReport, RunReport
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise fail(f"--size must look like HEIGHTxWIDTH (e.g. 544x960), got {text!r}") from None
-    return height, width
+    """HEIGHTxWIDTH, or a long side N for a 16:9 frame (960 -> 544x960: 540 padded to 32)."""
+    from vppcli.limits import parse_size
+
+    size = parse_size(text)
+    if size.shape is not None:
+        return size.shape
+    return -(-size.long_side * 9 // 16 // 32) * 32, size.long_side
 
 
 @app.command()
 def bench(
-    preset: Annotated[str, typer.Option(help="Model preset with random weights: tiny, small, compact.")] = "tiny",
-    size: Annotated[str, typer.Option(help="Network input HEIGHTxWIDTH (multiples of 32).")] = "544x960",
-    keep_ratio: Annotated[float | None, typer.Option(
-        help="Patch keep ratio of the pruned run, in (0, 1]; omit for the trained (native) pruning.")] = None,
+    preset: Annotated[Preset, typer.Option(help="Model preset with random weights.")] = Preset.tiny,
+    size: Annotated[str, typer.Option(
+        help="Network input HEIGHTxWIDTH (multiples of 32), or a long side N for 16:9.")] = "544x960",
+    keep_ratio: KeepRatio = None,
     frames: Annotated[int, typer.Option(min=1, help="Timed frames per run.")] = 8,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed frames before timing (frame 0 included).")] = 2,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's choice).")] = None,
+    threads: Threads = None,
     dtype: Annotated[DType, typer.Option(
         help="fp32, bf16 autocast, or auto (bf16 only where it runs natively).")] = DType.fp32,
-    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.cpu,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Time dense vs pruned inference per component, with tokens, keep ratio, GFLOPs and memory."""
-    from vppcli.bench import run_benchmark
+    import torch
 
-    height, width = _parse_size(size)
+    from vppcli.bench import run_benchmark
+    from vppcli.config import preset as preset_config
+    from vppcli.limits import check_keep_ratio
+
+    try:
+        height, width = _parse_size(size)
+        check_keep_ratio(keep_ratio, preset_config(preset.value))
+    except VppError as error:
+        raise fail_with(error) from None
     if threads is not None:
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)
     try:
-        report = run_benchmark(preset, (height, width), keep_ratio, frames, warmup, dtype.resolve(torch_device),
+        report = run_benchmark(preset.value, (height, width), keep_ratio, frames, warmup, dtype.resolve(torch_device),
                                torch_device)
     except ValueError as error:
         raise fail(str(error)) from None

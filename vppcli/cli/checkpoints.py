@@ -12,12 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 from vppcli.cli.app import app, fail, fail_with, stderr, stdout
+from vppcli.cli.options import Verbose
 from vppcli.errors import EXIT_INTERRUPTED, VppError
 
 if TYPE_CHECKING:
     from vppcli.config import VppConfig
 
-weights_app = typer.Typer(help="List, download and export models.", no_args_is_help=True)
+weights_app = typer.Typer(help="List, download and export models (the authors' released checkpoints; "
+                          "the bundled default model is not shipped yet).", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
 
@@ -32,6 +34,7 @@ def convert(
              "only non-strictly).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Convert one of the authors' VPP checkpoints into a vppcli .safetensors file."""
     from vppcli.checkpoints.official import convert_file
@@ -79,8 +82,9 @@ def convert(
 
 
 @weights_app.command("list")
-def list_weights(as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False) -> None:
-    """The bundled model and the authors' released checkpoints, and which are present locally."""
+def list_weights(as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+                 verbose: Verbose = False) -> None:
+    """The authors' released checkpoints (and the bundled model, once it ships), and which are present locally."""
     from vppcli.checkpoints.registry import BUNDLED, OFFICIAL, cache_dir, local_path
 
     rows: list[dict[str, Any]] = []
@@ -126,6 +130,7 @@ def download(
     name: Annotated[str, typer.Argument(help="A name from `vpp weights list`, e.g. vpp-tiny-pkr53.")],
     keep_original: Annotated[bool, typer.Option(help="Also keep the original .pth in the cache.")] = False,
     force: Annotated[bool, typer.Option(help="Download again even if the converted file is present.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Download a released checkpoint into the cache (resumable), verify it and convert it."""
     from vppcli.checkpoints.download import fetch, install
@@ -159,6 +164,7 @@ def export(
     dst: Annotated[Path, typer.Argument(help="Output file (.safetensors).")],
     dtype: Annotated[str, typer.Option(help="Storage dtype of the weights: fp16, bf16 or fp32.")] = "fp16",
     overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Re-save a checkpoint for shipping: weights in a smaller dtype, metadata kept."""
     from vppcli.checkpoints.export import export_checkpoint
@@ -174,6 +180,7 @@ def export(
 def info(
     weights: Annotated[str, typer.Argument(help="A .safetensors file or a model name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Show what a checkpoint says about itself: variant, parameters, classes, schedule, provenance."""
     from vppcli.checkpoints.format import config_overrides, read_metadata

@@ -5,37 +5,40 @@ from __future__ import annotations
 import json
 import logging
 import os
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from vppcli.cli.app import DType, Device, app, error_line, fail_with, stderr, stdout
+from vppcli.cli.app import Device, DType, app, error_line, fail_with, stdout
+from vppcli.cli.options import DeviceOption, KeepRatio, PresetOption, Quiet, ScoreThreshold, Size, Threads, Verbose, Weights
+from vppcli.cli.models import model_config
+from vppcli.cli.progress import RunProgress
 from vppcli.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, InputError, UsageError, VppError
-from vppcli.evaluation import runner
-from vppcli.evaluation.dataset import (
-    Video,
-    YtvisDataset,
-    load_dataset,
-    locate_split,
-    split_videos,
-    write_json,
-)
-from vppcli.efficiency import EfficiencyReport
-from vppcli.evaluation.metric import METRIC_NAMES, VideoAP, evaluate_results, load_results
+
+if TYPE_CHECKING:  # imported when a command runs: `vpp eval --help` must not import torch
+    from vppcli.efficiency import EfficiencyReport
+    from vppcli.evaluation import runner
+    from vppcli.evaluation.dataset import Video, YtvisDataset
+    from vppcli.evaluation.metric import VideoAP
 
 DEFAULT_OUTPUT_DIR = Path("runs/eval")
+
+
+class Dataset(str, Enum):
+    ytvis19 = "ytvis19"
+    ytvis21 = "ytvis21"
 
 logger = logging.getLogger(__name__)
 
 
 @app.command("eval", epilog=EXIT_CODES_HELP)
 def evaluate(
-    dataset: Annotated[str | None, typer.Option(help="ytvis19 or ytvis21 (with --data-root).")] = None,
+    dataset: Annotated[Dataset | None, typer.Option(help="YouTube-VIS 2019 or 2021 (with --data-root).",
+                                                    show_default=False)] = None,
     data_root: Annotated[Path | None, typer.Option(
         help="Directory holding ytvis_2021/ (detectron2 layout) or youtube_vis_2021/ (mmtrack layout).")] = None,
     split: Annotated[str, typer.Option(
@@ -44,24 +47,19 @@ def evaluate(
     images: Annotated[Path | None, typer.Option(help="JPEGImages directory (overrides discovery).")] = None,
     predictions: Annotated[Path | None, typer.Option(
         help="Score this results.json (or results.zip) instead of running the model.")] = None,
-    weights: Annotated[str | None, typer.Option(help="Checkpoint file or registered name.")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help="Use a preset with random weights instead (tiny, small, compact); for testing only.")] = None,
+    weights: Weights = None,
+    preset: PresetOption = None,
     allow_class_mismatch: Annotated[bool, typer.Option(
         help="Evaluate a checkpoint whose classes differ from the dataset's, on the classes both share.")] = False,
-    keep_ratio: Annotated[float | None, typer.Option(
-        help="Patch keep ratio in (0, 1]; omit to prune as trained, 1 = dense.")] = None,
-    size: Annotated[int | None, typer.Option(
-        min=32, help="Long side of the network input in pixels [default: the model's, 960].")] = None,
-    score_threshold: Annotated[float, typer.Option(help="Drop instances scoring below this.")] = 0.0,
-    device: Annotated[Device, typer.Option(help="auto, cpu or cuda (each process of a sharded run "
-                                                "takes cuda:LOCAL_RANK).")] = Device.auto,
+    keep_ratio: KeepRatio = None,
+    size: Size = None,
+    score_threshold: ScoreThreshold = 0.0,
+    device: DeviceOption = Device.auto,
     dtype: Annotated[DType, typer.Option(help="fp32, or bf16 autocast.")] = DType.fp32,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per process.")] = None,
+    threads: Threads = None,
     output_dir: Annotated[Path | None, typer.Option(
-        "--output-dir", "-o", help=f"Where results.json, results.zip, metrics.json and predictions/ go "
-        f"[default: {DEFAULT_OUTPUT_DIR}; with --predictions: metrics.json only when given].",
-        show_default=False)] = None,
+        "--output-dir", "-o", help="Where results.json, results.zip, metrics.json and predictions/ go "
+        "(with --predictions: metrics.json, only when given).", show_default=str(DEFAULT_OUTPUT_DIR))] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --output-dir.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run's predictions in --output-dir.")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N videos (ascending id).")] = None,
@@ -70,6 +68,8 @@ def evaluate(
         min=1, help="Worker processes (a local torch.distributed group); or launch with torchrun.")] = 1,
     per_class: Annotated[bool, typer.Option(help="Also print the AP of every category.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json on stdout instead of tables.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Evaluate on YouTube-VIS 2019/2021: official video AP, submission files, efficiency.
 
@@ -79,23 +79,32 @@ def evaluate(
     reported. Videos are saved as they finish: an interrupted run continues with --resume.
     --predictions scores an existing results file instead of running the model.
     """
+    from vppcli.evaluation import runner
+    from vppcli.evaluation.dataset import load_dataset, locate_split
+    from vppcli.limits import check_keep_ratio, parse_size
+
     outcome: runner.RunOutcome | None = None
     try:
         video_ids = _parse_ids(videos)
-        annotation_file, image_root = locate_split(dataset, data_root, split, annotations, images,
+        long_side = parse_size(size).long_side if size is not None else None
+        check_keep_ratio(keep_ratio)
+        annotation_file, image_root = locate_split(dataset.value if dataset else None, data_root, split, annotations, images,
                                                    need_images=predictions is None)
         data = load_dataset(annotation_file, image_root)
         chosen = data.select(video_ids, limit)
         # --split names the split only when it was used to find the annotation file.
-        source = {"dataset": dataset, "split": split if annotations is None else None,
+        source = {"dataset": dataset.value if dataset else None, "split": split if annotations is None else None,
                   "annotations": str(annotation_file)}
         if predictions is not None:
             payload, scored = _score_file(data, source, predictions, output_dir,
                                           chosen if video_ids or limit else None)
         else:
-            settings = runner.RunSettings(runner.ModelSpec(weights, preset), keep_ratio, size, score_threshold,
-                                          dtype.value, allow_class_mismatch, device.value, threads)
-            found = _run(data, source, chosen, settings, output_dir or DEFAULT_OUTPUT_DIR, resume, overwrite, shards)
+            preset_name = preset.value if preset else None
+            check_keep_ratio(keep_ratio, model_config(weights, preset_name))
+            settings = runner.RunSettings(runner.ModelSpec(weights, preset_name), keep_ratio, long_side,
+                                          score_threshold, dtype.value, allow_class_mismatch, device.value, threads)
+            found = _run(data, source, chosen, settings, output_dir or DEFAULT_OUTPUT_DIR, resume, overwrite, shards,
+                         quiet)
             if found is None:
                 return  # a torchrun rank other than 0: rank 0 reports
             payload, scored, outcome = found
@@ -107,11 +116,15 @@ def evaluate(
     if as_json:
         stdout.print_json(json.dumps(payload))
         return
-    _print_report(payload, scored, outcome, per_class)
+    if not quiet:
+        _print_report(payload, scored, outcome, per_class)
 
 
 def _score_file(data: YtvisDataset, source: dict[str, Any], predictions: Path, output_dir: Path | None,
                 chosen: tuple[Video, ...] | None) -> tuple[dict[str, Any], VideoAP]:
+    from vppcli.evaluation.dataset import write_json
+    from vppcli.evaluation.metric import evaluate_results, load_results
+
     _require_ground_truth(data)
     scored = evaluate_results(data.data, load_results(predictions), None if chosen is None else [v.id for v in chosen])
     payload = {**source, "predictions": str(predictions), **scored.to_dict()}
@@ -122,8 +135,14 @@ def _score_file(data: YtvisDataset, source: dict[str, Any], predictions: Path, o
 
 def _run(data: YtvisDataset, source: dict[str, Any], chosen: tuple[Video, ...], settings: runner.RunSettings,
          output_dir: Path, resume: bool, overwrite: bool,
-         shards: int) -> tuple[dict[str, Any], VideoAP | None, runner.RunOutcome] | None:
+         shards: int, quiet: bool) -> tuple[dict[str, Any], VideoAP | None, runner.RunOutcome] | None:
     """Run (or join, under torchrun) the evaluation; the report on rank 0, None on the other ranks."""
+    import torch
+
+    from vppcli.evaluation import runner
+    from vppcli.evaluation.dataset import write_json
+    from vppcli.evaluation.metric import evaluate_results
+
     if resume and overwrite:
         raise UsageError("give either --resume or --overwrite, not both")
     if shards > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -139,11 +158,10 @@ def _run(data: YtvisDataset, source: dict[str, Any], chosen: tuple[Video, ...], 
                        "only; upload results.zip to the evaluation server for AP", data.annotation_file)
     # Loaded here (on the CPU) so that a class mismatch is refused before any worker starts.
     loaded = runner.load_eval_model(settings, data.categories, torch.device("cpu"))
-    with _progress(rank != 0) as progress:
-        task = progress.add_task("eval", total=len(job.tasks))
+    with RunProgress("eval", len(job.tasks), "videos", quiet or rank != 0) as progress:
 
         def on_progress(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            progress.advance(done, total=total)
 
         if shards > 1:
             # torch warns as it stops the other workers after one failed: expected, and not the error to show.
@@ -185,17 +203,14 @@ def _parse_ids(text: str | None) -> list[int] | None:
     return ids
 
 
-def _progress(disabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=stderr, transient=True, disable=disabled or not stderr.is_terminal)
-
-
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _print_report(payload: dict[str, Any], scored: VideoAP | None, outcome: runner.RunOutcome | None,
                   per_class: bool) -> None:
+    from vppcli.evaluation.metric import METRIC_NAMES
+
     if scored is not None:
         stdout.print(f"YouTube-VIS video AP/AR (%): {scored.num_videos} videos, {scored.num_ground_truth} "
                      f"objects, {scored.num_results} predictions")
@@ -237,23 +252,26 @@ def _print_efficiency(report: EfficiencyReport) -> None:
 
 @app.command("eval-split", epilog=EXIT_CODES_HELP)
 def eval_split(
-    dataset: Annotated[str | None, typer.Option(help="ytvis19 or ytvis21 (with --data-root).")] = None,
+    dataset: Annotated[Dataset | None, typer.Option(help="YouTube-VIS 2019 or 2021 (with --data-root).",
+                                                    show_default=False)] = None,
     data_root: Annotated[Path | None, typer.Option(help="As for `vpp eval`.")] = None,
     split: Annotated[str, typer.Option(help="The split to divide (it needs ground truth).")] = "train",
     annotations: Annotated[Path | None, typer.Option(help="Annotation JSON (overrides discovery).")] = None,
     val_videos: Annotated[int, typer.Option(min=1, help="Videos to hold out for validation.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the random draw (same seed, same split).")] = 0,
     output_dir: Annotated[Path | None, typer.Option(
-        "--output-dir", "-o", help="Where local_val.json and local_train.json go [default: next to the "
-        "annotation file].", show_default=False)] = None,
+        "--output-dir", "-o", help="Where local_val.json and local_train.json go.",
+        show_default="next to the annotation file")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing local_val/local_train files.")] = False,
 ) -> None:
     """Make a local validation split from train (valid/test have no public ground truth).
 
     local_val.json holds --val-videos random videos with their annotations, local_train.json the
     rest; frames stay in the train JPEGImages directory."""
+    from vppcli.evaluation.dataset import load_dataset, locate_split, split_videos, write_json
+
     try:
-        annotation_file, image_root = locate_split(dataset, data_root, split, annotations, need_images=False)
+        annotation_file, image_root = locate_split(dataset.value if dataset else None, data_root, split, annotations, need_images=False)
         data = load_dataset(annotation_file, image_root)
         _require_ground_truth(data)
         held_out, rest = split_videos(data.data, val_videos, seed)

@@ -1,40 +1,51 @@
-"""`vpp segment`: segment, classify and track the objects of videos; write overlays, JSON, masks."""
+"""`vpp segment`: segment, classify and track the objects of videos; write overlays, JSON, masks.
+
+Everything that can be checked without the model is checked before it is loaded (options, that
+the inputs exist, that the output directory is writable); torch and the writers are imported
+only then, so `vpp segment --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from vppcli.cli.app import DType, Device, app, error_line, fail_with, resolve_device, stderr
-from vppcli.efficiency import merged
-from vppcli.errors import (
-    EXIT_CODES_HELP,
-    EXIT_BROKEN_PIPE,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    UsageError,
-    VppError,
+from vppcli.cli.app import Device, DType, app, error_line, fail_with, resolve_device, stderr
+from vppcli.cli.models import load_model, model_config
+from vppcli.cli.options import (
+    Backend,
+    DeviceOption,
+    KeepRatio,
+    PresetOption,
+    Quiet,
+    ScoreThreshold,
+    Size,
+    Threads,
+    Verbose,
+    Weights,
 )
-from vppcli.model.rovis import VppModel
-from vppcli.outputs import parse_formats
-from vppcli.outputs.atomic import ensure_output_dir
-from vppcli.segmenter import SegmentedFrame, Segmenter, VideoResult
-from vppcli.video import DEFAULT_FPS, Backend, FrameSelection, open_source
+from vppcli.cli.progress import RunProgress
+from vppcli.errors import EXIT_BROKEN_PIPE, EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, UsageError, VppError
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
+
+    from vppcli.model.rovis import VppModel
+    from vppcli.segmenter import Segmenter, VideoResult
+    from vppcli.video import FrameSelection
+
 DEFAULT_FORMATS = ("overlay", "ytvis")
+DEFAULT_FPS = 30.0  # = vppcli.video.DEFAULT_FPS (tests check), not imported: it would import OpenCV for --help
+FORMAT_CHOICES = "overlay|ytvis|coco|png|jsonl|pruning|pruning-json"
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,13 @@ class RunOutcome:
         """The first failure's code: with several inputs, one bad input fails the run at the end."""
         return self.failures[0].exit_code if self.failures else EXIT_OK
 
+    def fail(self, path: str, error: VppError) -> None:
+        error_line(str(error))
+        self.failures.append(Failure(path, str(error), error.exit_code))
+
     def to_dict(self) -> dict[str, object]:
+        from vppcli.efficiency import merged
+
         total = merged(v.efficiency for v in self.videos).report()
         return {
             "videos": [v.to_dict() for v in self.videos],
@@ -79,23 +96,31 @@ def _read_inputs(inputs: list[str]) -> list[str]:
     return paths
 
 
+def _existing(paths: list[str], outcome: RunOutcome) -> list[tuple[int, str]]:
+    """(video id, path) of the inputs that exist, the id being the position among all inputs; the
+    others are reported now, before a model is loaded for nothing."""
+    from vppcli.errors import InputError
+
+    found = []
+    for video_id, path in enumerate(paths, start=1):
+        if os.path.exists(path):
+            found.append((video_id, path))
+        else:
+            outcome.fail(path, InputError(f"no such file or directory: {path}"))
+    return found
+
+
+def _parse_classes(classes: str | None) -> list[str] | None:
+    if classes is None:
+        return None
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    if not names:
+        raise UsageError(f"--classes names no class ({classes!r}); give names like person,dog, or omit it")
+    return names
+
+
 def _load_model(weights: str | None, preset_name: str | None, device: torch.device) -> VppModel:
-    if weights is not None and preset_name is not None:
-        raise UsageError("give either --weights or --preset, not both")
-    if preset_name is not None:
-        from vppcli.config import preset
-        from vppcli.model.rovis import build_model
-
-        model = build_model(preset(preset_name), seed=0)  # the same random model every run
-        logger.warning("--preset %s: random weights, the output is meaningless (for testing the pipeline)",
-                       preset_name)
-        return model
-    if weights is None:
-        raise UsageError("no model: pass --weights FILE_OR_NAME (see `vpp weights list`), or --preset NAME "
-                         "for random weights; the bundled default model is not shipped yet")
-    from vppcli.checkpoints import load_model
-
-    return load_model(weights, device=device)
+    return load_model(weights, preset_name, device)
 
 
 def _unique_name(name: str, taken: set[str]) -> str:
@@ -106,90 +131,86 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _progress(quiet: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]:.1f} fps"), TextColumn("keep {task.fields[keep]:.2f}"),
-        TimeRemainingColumn(), console=stderr, transient=True,
-        disable=quiet or not stderr.is_terminal,
-    )
-
-
 @app.command(epilog=EXIT_CODES_HELP)
 def segment(
     inputs: Annotated[list[str], typer.Argument(
         help="Video files, frame directories or images; `-` reads one path per line from stdin.",
         show_default=False)],
     formats: Annotated[list[str] | None, typer.Option(
-        "--format", "-f", help="overlay, ytvis, coco, png, jsonl, and the pruning view: pruning (pruning.mp4, "
-        "the patches each pruning stage keeps), pruning-json (pruning.jsonl, the keep masks as bitmaps); "
-        "repeatable or comma-separated \\[default: overlay,ytvis].", show_default=False)] = None,
+        "--format", "-f", metavar=f"[{FORMAT_CHOICES}],...", help="overlay, ytvis, coco, png, jsonl, and the "
+        "pruning view: pruning (pruning.mp4, the patches each pruning stage keeps), pruning-json (pruning.jsonl, "
+        "the keep masks as bitmaps); repeatable or comma-separated.",
+        show_default=",".join(DEFAULT_FORMATS))] = None,
     output_dir: Annotated[Path, typer.Option(
-        "--output-dir", "-o", help="Outputs of input NAME go to OUTPUT_DIR/NAME/.")] = Path("runs/segment"),
-    weights: Annotated[str | None, typer.Option(help="Checkpoint file or registered name.")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help="Use a preset with random weights instead (tiny, small, compact); for testing only.")] = None,
-    keep_ratio: Annotated[float | None, typer.Option(
-        help="Patch keep ratio in (0, 1]; omit to prune as trained, 1 = dense.")] = None,
-    score_threshold: Annotated[float, typer.Option(help="Drop instances scoring below this.")] = 0.0,
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names to keep.")] = None,
-    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.auto,
+        "--output-dir", "-o", help="Outputs of input NAME go to OUTPUT_DIR/NAME/ (replacing an earlier run's).")
+    ] = Path("runs/segment"),
+    weights: Weights = None,
+    preset: PresetOption = None,
+    keep_ratio: KeepRatio = None,
+    score_threshold: ScoreThreshold = 0.0,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names to keep.",
+                                                show_default="all")] = None,
+    device: DeviceOption = Device.auto,
     dtype: Annotated[DType, typer.Option(help="fp32, or bf16 autocast.")] = DType.fp32,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: torch's choice).")] = None,
-    size: Annotated[int | None, typer.Option(
-        min=32, help="Long side of the network input in pixels [default: the model's, 960].")] = None,
+    threads: Threads = None,
+    size: Size = None,
     start: Annotated[int, typer.Option(min=0, help="First frame to process.")] = 0,
-    max_frames: Annotated[int | None, typer.Option(min=1, help="Process at most this many frames.")] = None,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="Process at most this many frames.",
+                                                   show_default="all")] = None,
     stride: Annotated[int, typer.Option(min=1, help="Process every STRIDE-th frame.")] = 1,
     fps: Annotated[float, typer.Option(min=0.001, help="Frame rate of frame directories and images.")] = DEFAULT_FPS,
-    backend: Annotated[str, typer.Option(help="Video reader: auto (decord, else OpenCV), decord, opencv.")] = "auto",
+    backend: Annotated[Backend, typer.Option(help="Video reader: auto (decord, else OpenCV), decord, opencv.")
+                       ] = Backend.auto,
     reference_noise: Annotated[bool, typer.Option(
         help="Keep the reference's Gumbel noise at test time (stochastic; reproducible with --seed).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the reference-noise mode.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary on stderr.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     json_summary: Annotated[bool, typer.Option(
         help="Print the run summary as JSON on stdout (with jsonl: the last line, key \"summary\").")] = False,
 ) -> None:
     """Segment, classify and track every object in videos, with Video Patch Pruning.
 
-    Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json, coco.json, masks/, pruning.mp4,
-    pruning.jsonl} atomically; jsonl goes to stdout, one line per frame. Progress and the
-    summary go to stderr.
+    Needs a model: --weights FILE_OR_NAME, or --preset NAME for random weights (testing only)
+    until the bundled default model ships. Writes OUTPUT_DIR/NAME/{overlay.mp4 (overlay.png for
+    an image), ytvis.json, coco.json, masks/, pruning.mp4, pruning.jsonl} atomically; jsonl goes
+    to stdout, one line per frame. Progress and the summary go to stderr.
     """
-    if quiet:
-        logging.getLogger().setLevel(logging.ERROR)
+    from vppcli.limits import check_keep_ratio, parse_size
+
+    outcome = RunOutcome()
     try:
+        from vppcli.outputs import parse_formats
+
         chosen = parse_formats(formats) if formats else DEFAULT_FORMATS
-        if backend not in ("auto", "decord", "opencv"):
-            raise UsageError(f"unknown --backend {backend!r}; choose auto, decord or opencv")
-        selection = FrameSelection(start, max_frames, stride)
+        long_side = parse_size(size).long_side if size is not None else None
+        check_keep_ratio(keep_ratio)
+        class_names = _parse_classes(classes)
         paths = _read_inputs(inputs)
         if not paths:
             raise UsageError("no input: give video files, frame directories or images (or `-` with paths on stdin)")
+        if weights is not None or preset is not None:  # neither: _load_model says what to pass
+            check_keep_ratio(keep_ratio, model_config(weights, preset.value if preset else None))
         if any(f != "jsonl" for f in chosen):
+            from vppcli.outputs.atomic import ensure_output_dir
+
             ensure_output_dir(output_dir)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        torch_device = resolve_device(device)
-        model = _load_model(weights, preset, torch_device)
-        segmenter = Segmenter(
-            model, keep_ratio=keep_ratio, score_threshold=score_threshold,
-            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-            device=torch_device, dtype=dtype.torch_dtype, long_side=size,
-            reference_noise=reference_noise, seed=seed,
-        )
+        inputs_found = _existing(paths, outcome)
+        if not inputs_found:
+            raise typer.Exit(outcome.exit_code)
+        from vppcli.video import FrameSelection
+
+        selection = FrameSelection(start, max_frames, stride)
+        segmenter = _segmenter(weights, preset.value if preset else None, device, dtype, threads, keep_ratio,
+                               score_threshold, class_names, long_side, reference_noise, seed)
     except VppError as error:
         raise fail_with(error) from None
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
 
-    outcome = RunOutcome()
     names: set[str] = set()
     try:
-        for video_id, path in enumerate(paths, start=1):
+        for video_id, path in inputs_found:
             _segment_one(segmenter, path, video_id, chosen, output_dir, selection,
-                         backend, fps, names, quiet, outcome)
+                         backend.value, fps, names, quiet, outcome)
         _report(outcome, quiet, json_summary)
     except KeyboardInterrupt:
         error_line("interrupted; outputs of the unfinished video were removed")
@@ -200,29 +221,45 @@ def segment(
     raise typer.Exit(outcome.exit_code)
 
 
+def _segmenter(weights: str | None, preset_name: str | None, device: Device, dtype: DType, threads: int | None,
+               keep_ratio: float | None, score_threshold: float, classes: list[str] | None, long_side: int | None,
+               reference_noise: bool, seed: int) -> Segmenter:
+    import torch
+
+    from vppcli.segmenter import Segmenter
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(device)
+    model = _load_model(weights, preset_name, torch_device)
+    return Segmenter(model, keep_ratio=keep_ratio, score_threshold=score_threshold, classes=classes,
+                     device=torch_device, dtype=dtype.resolve(torch_device), long_side=long_side,
+                     reference_noise=reference_noise, seed=seed)
+
+
 def _segment_one(segmenter: Segmenter, path: str, video_id: int, formats: tuple[str, ...], output_dir: Path,
-                 selection: FrameSelection, backend: Backend, image_fps: float, names: set[str],
+                 selection: FrameSelection, backend: str, image_fps: float, names: set[str],
                  quiet: bool, outcome: RunOutcome) -> None:
+    from vppcli.segmenter import SegmentedFrame
+    from vppcli.video import open_source
+
     try:
-        with open_source(path, backend, image_fps) as source:
+        with open_source(path, backend, image_fps) as source:  # type: ignore[arg-type]  # a Backend value
             name = _unique_name(source.info.name, names)
-            total = selection.count(source.info.num_frames)
-            with _progress(quiet) as progress:
-                task = progress.add_task(name, total=total, fps=0.0, keep=1.0)
+            with RunProgress(name, selection.count(source.info.num_frames), "frames", quiet) as progress:
+                done = 0
 
                 def on_frame(item: SegmentedFrame) -> None:
-                    done = progress.tasks[task].completed + 1
+                    nonlocal done
+                    done += 1
                     stats = item.instances.stats
-                    elapsed = progress.tasks[task].elapsed or 0.0
-                    progress.update(task, advance=1, fps=done / elapsed if elapsed else 0.0,
-                                    keep=stats.keep_ratio if stats else 1.0)
+                    progress.advance(done, stats.keep_ratio if stats else None)
 
                 result = segmenter.segment(source, formats=formats, output_dir=output_dir / name,
                                            selection=selection, video_id=video_id, name=name, stream=sys.stdout,
                                            on_frame=on_frame)
     except VppError as error:
-        error_line(str(error))
-        outcome.failures.append(Failure(path, str(error), error.exit_code))
+        outcome.fail(path, error)
         return
     outcome.videos.append(result)
 
@@ -234,17 +271,29 @@ def _report(outcome: RunOutcome, quiet: bool, json_summary: bool) -> None:
         sys.stdout.flush()
     if quiet or not outcome.videos:
         return
-    table = Table(title="vpp segment", title_justify="left")
-    for column in ("video", "frames", "fps", "keep ratio", "GFLOPs/frame", "tracks", "written to"):
-        table.add_column(column, justify="left" if column in ("video", "written to") else "right",
-                         overflow="fold")
-    for video in outcome.videos:
-        written = sorted({str(p.parent) + "/" for p in video.outputs}) or ["-"]
-        table.add_row(Text(video.name), str(video.frames), f"{video.fps:.2f}", f"{video.keep_ratio:.3f}",
-                      f"{video.gflops_per_frame:.1f}", str(len(video.tracks)), Text(", ".join(written)))
-    stderr.print(table)
+    if stderr.is_terminal:
+        stderr.print(_table(outcome))
+    else:  # logs and pipes: one unwrapped line per video, so paths stay whole and greppable
+        for video in outcome.videos:
+            stderr.print(Text(f"{video.name}: {video.frames} frames, {video.fps:.2f} fps, keep ratio "
+                              f"{video.keep_ratio:.3f}, {video.gflops_per_frame:.1f} GFLOPs/frame, "
+                              f"{len(video.tracks)} tracks -> {_written(video)}"), soft_wrap=True, highlight=False)
     for encoder in sorted({v.overlay_encoder for v in outcome.videos if v.overlay_encoder}):
         stderr.print(Text(f"overlay encoder: {encoder}"), soft_wrap=True)
     if outcome.failures:
         stderr.print(f"{len(outcome.failures)} of {len(outcome.failures) + len(outcome.videos)} inputs failed")
 
+
+def _written(video: VideoResult) -> str:
+    return ", ".join(sorted({str(p.parent) + "/" for p in video.outputs})) or "-"
+
+
+def _table(outcome: RunOutcome) -> Table:
+    table = Table(title="vpp segment", title_justify="left")
+    for column in ("video", "frames", "fps", "keep ratio", "GFLOPs/frame", "tracks", "written to"):
+        table.add_column(column, justify="left" if column in ("video", "written to") else "right",
+                         overflow="fold")
+    for video in outcome.videos:
+        table.add_row(Text(video.name), str(video.frames), f"{video.fps:.2f}", f"{video.keep_ratio:.3f}",
+                      f"{video.gflops_per_frame:.1f}", str(len(video.tracks)), Text(_written(video)))
+    return table

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from vppcli.cli.app import app, error_line, fail_with, stderr
+from vppcli.cli.options import Quiet, Verbose
 from vppcli.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, UsageError, VppError
-from vppcli.synth import SynthConfig, SynthSummary, generate
+
+if TYPE_CHECKING:  # imported when the command runs, not for --help
+    from vppcli.synth import SynthConfig, SynthSummary
 
 DEFAULT_WORKERS = min(os.cpu_count() or 1, 2)
 
@@ -44,16 +46,17 @@ def synth(
     mp4: Annotated[bool, typer.Option(help="Also write SPLIT/videos/NAME.mp4 per video (for demos).")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = DEFAULT_WORKERS,
     overwrite: Annotated[bool, typer.Option(help="Replace splits that already exist.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary on stderr.")] = False,
+    quiet: Quiet = False,
     json_summary: Annotated[bool, typer.Option(help="Print the summary as JSON on stdout.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Generate a synthetic YouTube-VIS dataset: textured shapes of 10 categories moving over
     photographs, with occlusions, objects entering, leaving and reappearing, camera motion,
     blur, noise and JPEG compression. The ground truth is exact; the same seed gives the same
     bytes. Read it with `vpp eval --dataset ytvis21 --data-root OUTPUT_DIR --split SPLIT`.
     """
-    if quiet:
-        logging.getLogger().setLevel(logging.ERROR)
+    from vppcli.synth import SynthConfig, generate
+
     try:
         height, width = _parse_size(size)
         low, high = _parse_objects(objects)

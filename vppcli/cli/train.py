@@ -14,6 +14,7 @@ import typer
 from rich.text import Text
 
 from vppcli.cli.app import app, error_line, fail_with, stderr
+from vppcli.cli.options import Quiet, Verbose
 from vppcli.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, UsageError, VppError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 20000,
     size: Annotated[int, typer.Option(help="Long side of training frames (multiple of 32).")] = 256,
     multiscale: Annotated[str | None, typer.Option(help="Comma-separated long sides drawn per clip.")] = None,
-    clip_frames: Annotated[int, typer.Option(help="Frames per clip [default: 2 dense, 3 vpp].")] = 0,
+    clip_frames: Annotated[int, typer.Option(help="Frames per clip (0: the stage's).",
+                                             show_default="2 dense, 3 vpp")] = 0,
     accumulate: Annotated[int, typer.Option(help="Clips per optimizer step.")] = 1,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     backbone_lr_mult: Annotated[float, typer.Option(help="LR multiplier of the backbone (1 when training from scratch).")] = 0.1,
@@ -102,7 +104,8 @@ def train(
     no_flip: Annotated[bool, typer.Option("--no-flip", help="No horizontal flips.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard logs (needs tensorboard).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train a model: dense first, then VPP fine-tuning from the dense checkpoint.
 
@@ -113,8 +116,6 @@ def train(
     from vppcli.training.config import TrainConfig
     from vppcli.training.run import run_training
 
-    if quiet:
-        logging.getLogger().setLevel(logging.ERROR)
     values = {
         "data": data, "images": images, "stage": stage, "preset": preset, "init": init, "steps": steps,
         "size": size, "clip_frames": clip_frames, "accumulate": accumulate, "lr": lr,

@@ -245,7 +245,7 @@ def prepare_output(job: EvalJob) -> int:
             raise UsageError("--resume: " + "; ".join(
                 f"{k} was {previous.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed
             ) + f"; use the earlier settings or another --output-dir than {job.output_dir}")
-    elif run_file.exists() or earlier:
+    elif earlier:  # a run record alone (a run that crashed before its first video) holds nothing to lose
         if not job.overwrite:
             raise UsageError(f"{directory} holds predictions of an earlier run; pass --resume to continue it "
                              "or --overwrite to start again")
