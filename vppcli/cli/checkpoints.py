@@ -183,7 +183,7 @@ def info(
     verbose: Verbose = False,
 ) -> None:
     """Show what a checkpoint says about itself: variant, parameters, classes, schedule, provenance."""
-    from vppcli.checkpoints.format import config_overrides, read_metadata
+    from vppcli.checkpoints.metadata import config_overrides, read_metadata
     from vppcli.checkpoints.registry import resolve_weights
 
     try:

@@ -31,7 +31,7 @@ def model_config(weights: str | None, preset_name: str | None) -> VppConfig:
         return preset(preset_name)
     if weights is None:
         raise UsageError(NO_MODEL)
-    from vppcli.checkpoints.format import read_metadata
+    from vppcli.checkpoints.metadata import read_metadata
     from vppcli.checkpoints.registry import resolve_weights
 
     return read_metadata(resolve_weights(weights)).config
