@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,16 @@ from vppcli.synth.shapes import shape_mask
 runner = CliRunner()
 # Procedural backgrounds: the tests must not depend on scikit-image being installed.
 TINY = SynthConfig(videos=3, frames=8, height=64, width=96, seed=3, backgrounds="procedural")
+
+
+@pytest.fixture(autouse=True)
+def single_threaded_opencv() -> Iterator[None]:
+    """Render as `generate` does in-process, with one OpenCV thread: a thread pool started by
+    these tests would hang later tests whose forked DataLoader workers reconfigure OpenCV."""
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    yield
+    cv2.setNumThreads(previous)
 
 
 def files_of(root: Path) -> dict[str, bytes]:

@@ -267,7 +267,14 @@ def _video_mapper(workers: int) -> Iterator[Callable[[Iterable[_Job]], Iterator[
     """An ordered map over jobs: in this process for one worker, else on a pool of spawned
     processes (fork is unsafe with the threads torch and rich start)."""
     if workers == 1:
-        yield lambda jobs: map(_make_video, jobs)
+        # One OpenCV thread, as in the workers: frames are small, and a thread pool started
+        # here would hang a later fork (e.g. a DataLoader's workers) that reconfigures OpenCV.
+        previous = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            yield lambda jobs: map(_make_video, jobs)
+        finally:
+            cv2.setNumThreads(previous)
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
     try:
