@@ -149,7 +149,9 @@ class ClipStream:
             return (self.dataset.sample(self.index(p)) for p in positions)
         loader = DataLoader(
             _Indexed(self), batch_size=None, sampler=positions, num_workers=self.workers,
-            prefetch_factor=self.prefetch, collate_fn=_identity, worker_init_fn=_single_threaded)
+            prefetch_factor=self.prefetch, collate_fn=_identity, worker_init_fn=_single_threaded,
+            # Forked workers hang in OpenCV's thread-pool teardown when the parent already used it.
+            multiprocessing_context="spawn")
         return iter(loader)
 
 
