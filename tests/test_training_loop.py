@@ -157,3 +157,23 @@ def test_target_pkr_scales_the_trained_schedule():
     pruning = schedule_for_pkr(PruningConfig(), 0.5)
     assert sum(pruning.trained_fractions(12)) / 12 == pytest.approx(0.5, abs=1e-3)
     assert pruning.selective_keep_ratios[0] < pruning.map_keep_ratio
+
+
+def test_sigterm_saves_like_ctrl_c(data, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "vppcli", "train", "--data", data[0], "--images", data[1], "-o", str(run_dir),
+               "--size", "64", "--steps", "1000", "--threads", "1", "--log-every", "1", "--save-every", "1000"]
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child.terminate()
+    _, errors = child.communicate(timeout=120)
+    assert child.returncode == 130, errors
+    assert "Traceback" not in errors and "continue with --resume" in errors
+    assert (run_dir / "last.safetensors").exists() and (run_dir / "last.state.pt").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -110,7 +111,7 @@ def train(
     """Train a model: dense first, then VPP fine-tuning from the dense checkpoint.
 
     Writes OUTPUT/{last,best}.safetensors (usable with --weights), their .state.pt (for
-    --resume), args.json and metrics.jsonl. Ctrl-C saves the last completed step.
+    --resume), args.json and metrics.jsonl. Ctrl-C or SIGTERM saves the last completed step.
     """
     from vppcli.training.checkpoint import load_state
     from vppcli.training.config import TrainConfig
@@ -147,6 +148,9 @@ def train(
 
     progress = _Progress(quiet)
     command = shlex.join(["vpp", *sys.argv[1:]])
+    # Background runs (nohup, job schedulers) are stopped with SIGTERM, and a shell starts them
+    # with SIGINT ignored: treat SIGTERM like Ctrl-C, so either saves the last completed step.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = run_training(config, resume=resume, command=command, tensorboard=tensorboard,
                                on_step=progress.update)
@@ -155,6 +159,8 @@ def train(
     except KeyboardInterrupt:
         error_line(f"interrupted; the last completed step is saved in {output}; continue with --resume")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not quiet:
         best = f"; best {outcome.best} (AP {100 * outcome.best_metric:.1f})" if outcome.best and outcome.best_metric else ""
         stderr.print(Text(f"trained {outcome.steps} steps: {outcome.last}{best}"), soft_wrap=True)
@@ -186,6 +192,10 @@ class _Progress:
         stderr.print(Text(
             f"step {result.step}/{trainer.config.steps}  loss {result.loss:.3f}  keep {result.keep_ratio:.3f}  "
             f"lr {result.lr:.2e}  {clips:.2f} clips/s  ETA {_duration(remaining)}"), soft_wrap=True, highlight=False)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _duration(seconds: float) -> str:
