@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/bundled}
 VPP=${VPP:-.venv/bin/vpp}
-DENSE_STEPS=${DENSE_STEPS:-4000}
-VPP_STEPS=${VPP_STEPS:-1500}
+DENSE_STEPS=${DENSE_STEPS:-12000}
+VPP_STEPS=${VPP_STEPS:-3000}
 DEVICE=${DEVICE:-cpu}
 THREADS=${THREADS:-2}
 SIZE=192
