@@ -37,3 +37,17 @@ def test_without_the_temporal_prior_the_map_sm_never_runs():
             cache = output.backbone.cache
             assert output.backbone.map_candidates is None
             assert output.backbone.tokens_per_block == list(budgets)
+
+
+def test_segmenter_image_based_mode_runs_and_refuses_unreachable_ratios():
+    from tests.helpers import moving_clip
+    from vppcli.errors import UsageError
+    from vppcli.segmenter import Segmenter
+
+    model = build_model(compact_config(), seed=2)
+    with pytest.raises(UsageError):
+        Segmenter(model, keep_ratio=0.25, temporal_prior=False, long_side=128)
+    segmenter = Segmenter(model, keep_ratio=0.45, temporal_prior=False, long_side=128)
+    stats = [item.stats for item in segmenter.predictor.stream(moving_clip(3))]
+    assert all(s.map_candidates is None for s in stats)
+    assert all(abs(s.keep_ratio - 0.45) < 0.05 for s in stats)

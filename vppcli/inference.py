@@ -25,7 +25,7 @@ from torch import Tensor
 from vppcli.config import PreprocessConfig, VppConfig
 from vppcli.model.backbone import BackboneOutput, TemporalCache
 from vppcli.model.postprocess import detections_from_predictions
-from vppcli.model.pruning import PruningPlan, distance_prior, keep_budgets
+from vppcli.model.pruning import PruningPlan, distance_prior, image_based_fractions, keep_budgets
 from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator, TrackerState, track_queries, update
 from vppcli.preprocess import FrameGeometry, preprocess_frame
@@ -77,11 +77,13 @@ class VideoPredictor:
         device / dtype: where and in what precision to run; bf16 uses autocast.
         record_masks: put every frame's per-block keep masks in `stats.pruning` (default for
             `new_video`); off, the model records nothing and the masks cost nothing.
+        temporal_prior: False = image-based pruning, the paper's baseline (no Map-SM; with
+            `keep_ratio` the selective modules' budgets are scaled to reach it alone).
     """
 
     def __init__(self, model: VppModel, keep_ratio: float | None = None, reference_noise: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 long_side: int | None = None, record_masks: bool = False) -> None:
+                 long_side: int | None = None, record_masks: bool = False, temporal_prior: bool = True) -> None:
         if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
         if dtype not in (torch.float32, torch.bfloat16):
@@ -96,6 +98,9 @@ class VideoPredictor:
         self.seed = seed
         self.dtype = dtype
         self.record_masks = record_masks
+        self.temporal_prior = temporal_prior
+        if keep_ratio is not None and self.config.pruning.enabled:
+            keep_budgets(self._fractions(), keep_ratio, 100)  # an unreachable ratio fails here, not mid-video
         self.stages = pruning_stages(self.config)
 
     def new_video(self, record_masks: bool | None = None) -> VideoState:
@@ -109,12 +114,21 @@ class VideoPredictor:
 
     def plan_for(self, geometry: FrameGeometry, state: VideoState) -> PruningPlan:
         budgets = None
-        if self.keep_ratio is not None and self.config.pruning.enabled:
-            fractions = self.config.pruning.trained_fractions(self.config.vit.depth)
+        pruning = self.config.pruning
+        if self.keep_ratio is not None and pruning.enabled:
             height, width = geometry.grid
-            budgets = keep_budgets(fractions, self.keep_ratio, height * width)
-        return PruningPlan(budgets=budgets, generator=state.generator, tau=self.config.pruning.tau,
-                           record_masks=state.record_masks)
+            budgets = keep_budgets(self._fractions(), self.keep_ratio, height * width)
+        return PruningPlan(budgets=budgets, generator=state.generator, tau=pruning.tau,
+                           record_masks=state.record_masks, temporal_prior=self.temporal_prior)
+
+    def _fractions(self) -> tuple[float, ...]:
+        """The per-block keep shape that budgets scale: the trained schedule, with the Map-SM's
+        blocks dense for image-based pruning."""
+        pruning = self.config.pruning
+        fractions = pruning.trained_fractions(self.config.vit.depth)
+        if self.temporal_prior:
+            return fractions
+        return image_based_fractions(fractions, pruning.map_block, pruning.selective_blocks[0])
 
     @torch.inference_mode()
     def step(self, state: VideoState, frame_rgb: np.ndarray, timer: SectionTimer | None = None) -> FrameInstances:

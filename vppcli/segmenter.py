@@ -117,13 +117,14 @@ class Segmenter:
     def __init__(self, model: VppModel, *, keep_ratio: float | None = None, score_threshold: float = 0.0,
                  classes: Sequence[str] | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, long_side: int | None = None,
-                 reference_noise: bool = False, seed: int = 0, record_pruning: bool = False) -> None:
+                 reference_noise: bool = False, seed: int = 0, record_pruning: bool = False,
+                 temporal_prior: bool = True) -> None:
         check_keep_ratio(keep_ratio, model.config)
         if not 0.0 <= score_threshold <= 1.0:
             raise UsageError(f"--score-threshold must be in [0, 1], got {score_threshold}")
         try:
             self.predictor = VideoPredictor(model, keep_ratio, reference_noise, seed, device, dtype, long_side,
-                                            record_pruning)
+                                            record_pruning, temporal_prior)
         except ValueError as error:
             raise UsageError(str(error)) from None
         self.score_threshold = score_threshold

@@ -86,6 +86,7 @@ class RunSettings:
     allow_class_mismatch: bool = False
     device: str = "cpu"  # cpu, cuda or auto; with several processes each takes cuda:LOCAL_RANK
     threads: int | None = None
+    temporal_prior: bool = True  # False: image-based pruning, the paper's baseline
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share (device and threads may change between runs)."""
@@ -330,6 +331,7 @@ def _process_shard(job: EvalJob, rank: int, world: int, local_rank: int, progres
         torch.set_num_threads(settings.threads)
     model, mapping = loaded or load_eval_model(settings, job.categories, device)
     segmenter = Segmenter(model, keep_ratio=settings.keep_ratio, score_threshold=settings.score_threshold,
+                          temporal_prior=settings.temporal_prior,
                           classes=mapping.kept_classes, device=device,
                           dtype=torch.bfloat16 if settings.dtype == "bf16" else torch.float32,
                           long_side=settings.long_side)
