@@ -144,6 +144,14 @@ def test_the_first_frame_has_dense_early_stages_and_the_next_one_is_pruned(compa
             np.testing.assert_array_equal(darkened(view, index, pruning), expected)
 
 
+def test_image_based_pruning_has_no_first_frame_mark(compact_model: VppModel) -> None:
+    predictor = VideoPredictor(compact_model, long_side=SIZE, record_masks=True, temporal_prior=False)
+    state = predictor.new_video()
+    for frame in scene_frames(2, HEIGHT, WIDTH):
+        pruning = recorded(predictor.step(state, frame))
+        assert pruning is not None and not pruning.first_frame and pruning.blocks[1] is None
+
+
 def test_masks_are_recorded_only_when_asked(compact_model: VppModel, tmp_path: Path) -> None:
     predictor = VideoPredictor(compact_model, long_side=SIZE)
     state = predictor.new_video()
@@ -152,7 +160,7 @@ def test_masks_are_recorded_only_when_asked(compact_model: VppModel, tmp_path: P
     assert not predictor.plan_for(geometry, state).record_masks  # the backbone keeps no mask list
     assert recorded(predictor.step(state, frame)) is None
     assert recorded(predictor.step(predictor.new_video(record_masks=True), frame)) is not None
-    (source,) = write_frames(tmp_path / "frames", [frame], ".png")  # a one-frame video
+    (source,) = write_frames(tmp_path / "frames", [frame])  # a one-frame video
     segmenter = Segmenter(compact_model, long_side=SIZE, record_pruning=True)
     assert recorded(next(iter(segmenter.stream(source))).instances) is not None
     assert recorded(next(iter(segmenter.stream(source, record_pruning=False))).instances) is None

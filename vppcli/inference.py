@@ -176,7 +176,8 @@ class VideoPredictor:
             if mask is not None and id(mask) not in on_cpu:
                 on_cpu[id(mask)] = mask.reshape(geometry.grid).cpu()
         blocks = tuple(None if mask is None else on_cpu[id(mask)] for mask in backbone.block_masks)
-        first_frame = self.config.pruning.enabled and backbone.map_candidates is None
+        # Image-based pruning never uses a prior: its dense Map-SM stage is no first frame.
+        first_frame = self.config.pruning.enabled and self.temporal_prior and backbone.map_candidates is None
         return PruningMasks(geometry.grid, geometry.image_size, blocks, self.stages, first_frame)
 
     def stream(self, frames: Iterable[np.ndarray], state: VideoState | None = None) -> Iterator[FrameInstances]:
