@@ -55,7 +55,7 @@ def evaluate(
     size: Size = None,
     score_threshold: ScoreThreshold = 0.0,
     device: DeviceOption = Device.auto,
-    dtype: Annotated[DType, typer.Option(help="fp32, or bf16 autocast.")] = DType.fp32,
+    dtype: Annotated[DType, typer.Option(help="fp32, bf16 autocast, or auto (bf16 where it is native).")] = DType.fp32,
     threads: Threads = None,
     output_dir: Annotated[Path | None, typer.Option(
         "--output-dir", "-o", help="Where results.json, results.zip, metrics.json and predictions/ go "

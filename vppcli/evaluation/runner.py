@@ -36,6 +36,7 @@ from vppcli import __version__
 from vppcli.config import preset
 from vppcli.errors import InputError, OutputError, UsageError, VppError
 from vppcli.evaluation.dataset import Category, ClassMapping, YtvisDataset, match_classes, read_json, write_json
+from vppcli.hardware import resolve_dtype
 from vppcli.efficiency import EfficiencyMeter, EfficiencyReport, merged
 from vppcli.evaluation.metric import listing
 from vppcli.model.rovis import VppModel, build_model
@@ -82,7 +83,7 @@ class RunSettings:
     keep_ratio: float | None = None
     long_side: int | None = None
     score_threshold: float = 0.0
-    dtype: str = "fp32"  # fp32 or bf16
+    dtype: str = "fp32"  # fp32, bf16 or auto (bf16 where it is native)
     allow_class_mismatch: bool = False
     device: str = "cpu"  # cpu, cuda or auto; with several processes each takes cuda:LOCAL_RANK
     threads: int | None = None
@@ -333,7 +334,7 @@ def _process_shard(job: EvalJob, rank: int, world: int, local_rank: int, progres
     segmenter = Segmenter(model, keep_ratio=settings.keep_ratio, score_threshold=settings.score_threshold,
                           temporal_prior=settings.temporal_prior,
                           classes=mapping.kept_classes, device=device,
-                          dtype=torch.bfloat16 if settings.dtype == "bf16" else torch.float32,
+                          dtype=resolve_dtype(settings.dtype, device),
                           long_side=settings.long_side)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
