@@ -297,3 +297,11 @@ def test_overrides_are_reported_against_the_preset():
     changed = config.replace(pruning=dataclasses.replace(config.pruning, map_keep_ratio=0.6))
     assert config_overrides(config) == {}
     assert config_overrides(changed) == {"pruning.map_keep_ratio": 0.6}
+
+
+def test_mismatch_counts_are_plural_english():
+    from vppcli.checkpoints.format import StateProblems
+
+    text = StateProblems(shapes=("a: file [1] vs model [2]", "b: file [1] vs model [2]"),
+                         missing=("c", "d")).describe()
+    assert "2 shape mismatches" in text and "2 missing tensors" in text and "mismatchs" not in text

@@ -191,4 +191,5 @@ def compare_state(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -
 
 def _listing(items: tuple[str, ...], noun: str, limit: int = 3) -> str:
     shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''} ({shown})"
+    plural = noun + ("es" if noun.endswith(("ch", "sh", "s", "x")) else "s")  # "shape mismatches"
+    return f"{len(items)} {noun if len(items) == 1 else plural} ({shown})"

@@ -24,6 +24,7 @@ def run() -> int:
     """Run `vpp` on sys.argv; the exit code. click's usage errors (unknown option, bad value,
     missing argument) become one `error:` line and exit 2, like every other error."""
     command = polish_help(typer.main.get_command(app))
+    error_line.printed = False  # per run (tests call run() many times in one process)
     try:
         code = command.main(prog_name="vpp", standalone_mode=False)
     except TyperException as error:  # typer's (vendored click) usage errors
