@@ -172,9 +172,9 @@ def segment(
     """Segment, classify and track every object in videos, with Video Patch Pruning.
 
     Needs a model: --weights FILE_OR_NAME, or --preset NAME for random weights (testing only)
-    until the bundled default model ships. Writes OUTPUT_DIR/NAME/{overlay.mp4 (overlay.png for
-    an image), ytvis.json, coco.json, masks/, pruning.mp4, pruning.jsonl} atomically; jsonl goes
-    to stdout, one line per frame. Progress and the summary go to stderr.
+    until the bundled default model ships. Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json,
+    coco.json, masks/, pruning.mp4, pruning.jsonl} atomically; jsonl goes to stdout, one line per
+    frame. Progress and the summary go to stderr.
     """
     from vppcli.limits import check_keep_ratio, parse_size
 
