@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -59,7 +60,7 @@ def test_every_format_round_trips(clip: Path, tmp_path: Path, detecting_model: V
     assert summary["frames"] == FRAMES and summary["failed"] == []
     assert summary["videos"][0]["overlay_encoder"].startswith(("libx264", "mp4v"))
     out = tmp_path / "clip"
-    assert sorted(p.name for p in out.iterdir()) == ["coco.json", "masks", "overlay.mp4", "ytvis.json"]
+    assert visible(out) == ["coco.json", "masks", "overlay.mp4", "ytvis.json"]
 
     ids_seen = {inst["id"] for f in frames for inst in f["instances"]}
     assert ids_seen and summary["tracks"] == len(ids_seen)
@@ -304,3 +305,29 @@ def test_track_ids_shown_are_dense_in_order_of_first_appearance(clip: Path, tmp_
     for line in result.stdout.splitlines():
         order.extend(i["id"] for i in json.loads(line)["instances"] if i["id"] not in order)
     assert order == list(range(1, len(order) + 1)) and order
+
+
+def visible(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+
+def test_a_rerun_never_mixes_its_files_with_an_earlier_run(clip: Path, tmp_path: Path, detecting_model: VppModel,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    common = [str(clip), "-o", str(out), "--max-frames", "2", "-q"]
+    assert run([*common, "-f", "overlay,png,pruning-json"], detecting_model, monkeypatch).exit_code == 0
+    first = {name: (out / "clip" / name).stat().st_mtime_ns for name in visible(out / "clip")}
+    # Default: a fresh directory per run; the earlier one is left exactly as it was.
+    result = run([*common, "-f", "ytvis", "--json-summary"], detecting_model, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert visible(out / "clip-2") == ["ytvis.json"]
+    assert {name: (out / "clip" / name).stat().st_mtime_ns for name in visible(out / "clip")} == first
+    assert json.loads(result.stdout)["summary"]["videos"][0]["outputs"] == [str(out / "clip-2" / "ytvis.json")]
+    # --exist-ok: the run replaces the earlier run in NAME/ whole, and only what vppcli wrote there.
+    (out / "clip" / "notes.txt").write_text("mine")
+    failed = run([*common, "-f", "coco", "--exist-ok", "--start", "50"], detecting_model, monkeypatch)
+    assert failed.exit_code == 2  # empty selection: nothing committed, nothing removed
+    assert visible(out / "clip") == ["masks", "notes.txt", "overlay.mp4", "pruning.jsonl"]
+    assert run([*common, "-f", "coco", "--exist-ok"], detecting_model, monkeypatch).exit_code == 0
+    assert visible(out / "clip") == ["coco.json", "notes.txt"]
+    assert sorted(os.listdir(out)) == ["clip", "clip-2"]

@@ -32,6 +32,7 @@ from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator
 from vppcli.outputs import OverlayWriter, finish_and_commit, needs_pruning_masks, open_writers
 from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
+from vppcli.outputs.run_record import replace_run
 from vppcli.results import FrameInstances, FrameStats, TrackSummary
 from vppcli.track_ids import DenseTrackIds
 from vppcli.video import FrameSelection, FrameSource, open_source
@@ -196,7 +197,9 @@ class Segmenter:
         """Segment one video and write it in `formats` into `output_dir`.
 
         Files appear only when the whole video went through, all formats together; on any error
-        or interruption every writer is aborted and nothing is left behind. `name` replaces the source's name in the
+        or interruption every writer is aborted and nothing is left behind. The outputs replace
+        the previous run's in `output_dir` whole: its other formats are removed after the commit
+        (only files vppcli recorded writing there, see `outputs.run_record`). `name` replaces the source's name in the
         outputs; `stream` receives the jsonl format (default: stdout); `on_frame` is called after
         each frame (progress bars).
         """
@@ -233,6 +236,8 @@ class Segmenter:
             if result.frames == 0:
                 raise UsageError(f"{info.path}: the frame selection is empty (the source has {info.num_frames} frames)")
             result.outputs = finish_and_commit(writers)
+            if output_dir is not None and any(f != "jsonl" for f in formats):
+                replace_run(Path(output_dir), result.outputs)
         except BaseException:
             for writer in writers:
                 writer.abort()

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -123,12 +124,42 @@ def _load_model(weights: str | None, preset_name: str | None, device: torch.devi
     return load_model(weights, preset_name, device)
 
 
-def _unique_name(name: str, taken: set[str]) -> str:
+def _unique_name(name: str, taken: set[str], is_free: Callable[[str], bool] = lambda _: True) -> str:
+    """`name`, else `name-2`, `name-3`, ...: the first not in `taken` for which `is_free` holds."""
     candidate, number = name, 2
-    while candidate in taken:
+    while candidate in taken or not is_free(candidate):
         candidate, number = f"{name}-{number}", number + 1
     taken.add(candidate)
     return candidate
+
+
+def _unused_dir(output_dir: Path) -> Callable[[str], bool]:
+    """Whether OUTPUT_DIR/NAME holds no earlier run: absent, or nothing in it but hidden files
+    (a crashed run's temporaries), so that a new run never mixes its files with another's."""
+    def is_free(name: str) -> bool:
+        directory = output_dir / name
+        if not directory.exists():
+            return True
+        return directory.is_dir() and all(entry.name.startswith(".") for entry in directory.iterdir())
+    return is_free
+
+
+@dataclass
+class Naming:
+    """Names of the outputs of one call: video names unique within the call, and each video's
+    directory (a fresh one per run unless `exist_ok`)."""
+
+    output_dir: Path
+    exist_ok: bool
+    names: set[str] = field(default_factory=set)
+    dirs: set[str] = field(default_factory=set)
+
+    def video(self, source_name: str) -> tuple[str, Path]:
+        name = _unique_name(source_name, self.names)
+        if self.exist_ok:
+            self.dirs.add(name)
+            return name, self.output_dir / name
+        return name, self.output_dir / _unique_name(source_name, self.dirs, _unused_dir(self.output_dir))
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -142,8 +173,11 @@ def segment(
         "the keep masks as bitmaps); repeatable or comma-separated.",
         show_default=",".join(DEFAULT_FORMATS))] = None,
     output_dir: Annotated[Path, typer.Option(
-        "--output-dir", "-o", help="Outputs of input NAME go to OUTPUT_DIR/NAME/ (replacing an earlier run's).")
-    ] = Path("runs/segment"),
+        "--output-dir", "-o", help="Outputs of input NAME go to OUTPUT_DIR/NAME/, or NAME-2, NAME-3, ... when "
+        "an earlier run is there (see --exist-ok).")] = Path("runs/segment"),
+    exist_ok: Annotated[bool, typer.Option(
+        "--exist-ok", help="Write into OUTPUT_DIR/NAME/ even if an earlier run is there, replacing that run "
+        "whole: its files of formats not written again are removed (only files vppcli wrote).")] = False,
     weights: Weights = None,
     preset: PresetOption = None,
     keep_ratio: KeepRatio = None,
@@ -173,8 +207,9 @@ def segment(
 
     Needs a model: --weights FILE_OR_NAME, or --preset NAME for random weights (testing only)
     until the bundled default model ships. Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json,
-    coco.json, masks/, pruning.mp4, pruning.jsonl} atomically; jsonl goes to stdout, one line per
-    frame. Progress and the summary go to stderr.
+    coco.json, masks/, pruning.mp4, pruning.jsonl} atomically (NAME-2/, NAME-3/, ... when an
+    earlier run is in NAME/, unless --exist-ok); jsonl goes to stdout, one line per frame.
+    Progress and the summary go to stderr.
     """
     from vppcli.limits import check_keep_ratio, parse_size
 
@@ -206,11 +241,10 @@ def segment(
     except VppError as error:
         raise fail_with(error) from None
 
-    names: set[str] = set()
+    naming = Naming(output_dir, exist_ok)
     try:
         for video_id, path in inputs_found:
-            _segment_one(segmenter, path, video_id, chosen, output_dir, selection,
-                         backend.value, fps, names, quiet, outcome)
+            _segment_one(segmenter, path, video_id, chosen, naming, selection, backend.value, fps, quiet, outcome)
         _report(outcome, quiet, json_summary)
     except KeyboardInterrupt:
         error_line("interrupted; outputs of the unfinished video were removed")
@@ -237,15 +271,14 @@ def _segmenter(weights: str | None, preset_name: str | None, device: Device, dty
                      reference_noise=reference_noise, seed=seed)
 
 
-def _segment_one(segmenter: Segmenter, path: str, video_id: int, formats: tuple[str, ...], output_dir: Path,
-                 selection: FrameSelection, backend: str, image_fps: float, names: set[str],
-                 quiet: bool, outcome: RunOutcome) -> None:
+def _segment_one(segmenter: Segmenter, path: str, video_id: int, formats: tuple[str, ...], naming: Naming,
+                 selection: FrameSelection, backend: str, image_fps: float, quiet: bool, outcome: RunOutcome) -> None:
     from vppcli.segmenter import SegmentedFrame
     from vppcli.video import open_source
 
     try:
         with open_source(path, backend, image_fps) as source:  # type: ignore[arg-type]  # a Backend value
-            name = _unique_name(source.info.name, names)
+            name, video_dir = naming.video(source.info.name)
             with RunProgress(name, selection.count(source.info.num_frames), "frames", quiet) as progress:
                 done = 0
 
@@ -255,7 +288,7 @@ def _segment_one(segmenter: Segmenter, path: str, video_id: int, formats: tuple[
                     stats = item.instances.stats
                     progress.advance(done, stats.keep_ratio if stats else None)
 
-                result = segmenter.segment(source, formats=formats, output_dir=output_dir / name,
+                result = segmenter.segment(source, formats=formats, output_dir=video_dir,
                                            selection=selection, video_id=video_id, name=name, stream=sys.stdout,
                                            on_frame=on_frame)
     except VppError as error:
