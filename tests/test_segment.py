@@ -331,3 +331,24 @@ def test_a_rerun_never_mixes_its_files_with_an_earlier_run(clip: Path, tmp_path:
     assert run([*common, "-f", "coco", "--exist-ok"], detecting_model, monkeypatch).exit_code == 0
     assert visible(out / "clip") == ["coco.json", "notes.txt"]
     assert sorted(os.listdir(out)) == ["clip", "clip-2"]
+
+
+def test_frames_read_from_image_files_keep_their_file_names(tmp_path: Path, detecting_model: VppModel,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = write_frames(tmp_path / "nat", list(scene_frames(3, HEIGHT, WIDTH)))  # 00000.jpg, 00005.jpg, ...
+    photo = write_frames(tmp_path / "photos", list(scene_frames(1, HEIGHT, WIDTH)), ".png")[0]
+    result = run([str(tmp_path / "nat"), "-f", "coco,jsonl", "-o", str(tmp_path / "out"), "-q", "--start", "1"],
+                 detecting_model, monkeypatch)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = [f"nat/{frames[1].name}", f"nat/{frames[2].name}"]
+    assert [line["file"] for line in lines] == expected
+    coco = json.loads((tmp_path / "out" / "nat" / "coco.json").read_text())
+    assert [image["file_name"] for image in coco["images"]] == expected
+    assert [image["frame_index"] for image in coco["images"]] == [1, 2]
+    # a single image keeps its own name
+    result = run([str(photo), "-f", "coco,jsonl", "-o", str(tmp_path / "out"), "-q"], detecting_model, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["file"] == photo.name == "00000.png"
+    coco = json.loads((tmp_path / "out" / "00000" / "coco.json").read_text())
+    assert [image["file_name"] for image in coco["images"]] == [photo.name]

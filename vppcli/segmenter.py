@@ -43,12 +43,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SegmentedFrame:
     """index/timestamp: position of the frame in the source; image: [H, W, 3] uint8 RGB;
-    instances: tracked instances on the CPU, after the score/class filters."""
+    instances: tracked instances on the CPU, after the score/class filters; file: the source
+    image's name for frame directories and images (`Frame.file`), else None."""
 
     index: int
     timestamp: float
     image: np.ndarray
     instances: FrameInstances
+    file: str | None = None
 
 
 @dataclass
@@ -188,7 +190,7 @@ class Segmenter:
                         f"({str(error).splitlines()[0][:120]}); try a smaller --size, --dtype bf16 or another --device"
                     ) from None
                 yield SegmentedFrame(frame.index, frame.timestamp, frame.image,
-                                     track_ids.apply(self._filtered(instances)))
+                                     track_ids.apply(self._filtered(instances)), frame.file)
 
     def segment(self, source: str | Path | FrameSource, *, formats: Sequence[str] = (),
                 output_dir: str | Path | None = None, selection: FrameSelection = FrameSelection(),
@@ -225,7 +227,7 @@ class Segmenter:
         started = time.perf_counter()
         try:
             for item in self.stream(source, selection, record_pruning=record_pruning or None):
-                record = FrameRecord(item.index, item.timestamp, item.image, item.instances)
+                record = FrameRecord(item.index, item.timestamp, item.image, item.instances, item.file)
                 for writer in writers:
                     writer.write_frame(record)
                 tracks.add(item.instances)

@@ -56,12 +56,15 @@ class FrameRecord:
     image: [H, W, 3] uint8 RGB, the original frame.
     instances: the tracked instances to write (on the CPU, already filtered by score/class);
         `instances.frame_index` counts processed frames (0, 1, 2, ...), `index` is the source's.
+    file: the source image's name ("<directory>/<file>", or "<file>" for an image input) when the
+        frames are image files; None for videos.
     """
 
     index: int
     timestamp: float
     image: np.ndarray
     instances: FrameInstances
+    file: str | None = None
 
     @functools.cached_property
     def instance_records(self) -> list[records.InstanceRecord]:

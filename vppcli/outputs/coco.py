@@ -17,7 +17,8 @@ TIMESTAMP_DECIMALS = 6
 
 
 def image_file_name(video_name: str, frame_index: int) -> str:
-    """The name a frame would have if the video were extracted to JPEGs, "<video>/000123.jpg"."""
+    """For a video's frame, the name it would have if the video were extracted to JPEGs,
+    "<video>/000123.jpg" (frames read from image files keep their own names, `FrameRecord.file`)."""
     return f"{video_name}/{frame_index:06d}.jpg"
 
 
@@ -69,7 +70,7 @@ class CocoWriter:
         try:
             self._images.append({
                 "id": image_id,
-                "file_name": image_file_name(meta.name, record.index),
+                "file_name": record.file or image_file_name(meta.name, record.index),
                 "height": meta.height,
                 "width": meta.width,
                 "frame_index": record.index,

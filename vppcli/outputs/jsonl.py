@@ -1,6 +1,7 @@
 """One JSON object per processed frame on a text stream (default stdout), for piping.
 
-`{"video", "frame" (source index), "timestamp" (s), "instances": [{"id", "class", "category_id",
+`{"video", "frame" (source index), "timestamp" (s), "file" (frames read from image files only,
+as COCO's `file_name`), "instances": [{"id", "class", "category_id",
 "score", "bbox" [x, y, w, h], "area", "rle" {"size", "counts"}}]}`; each line is flushed at once.
 """
 
@@ -27,10 +28,11 @@ class JsonlWriter:
         if self._stopped:
             raise ValueError("write_frame after finish() or abort()")
         meta = self._meta
-        line = {
+        line: dict[str, object] = {
             "video": meta.name,
             "frame": record.index,
             "timestamp": round(record.timestamp, TIMESTAMP_DECIMALS),
+            **({"file": record.file} if record.file is not None else {}),
             "instances": [
                 {
                     "id": instance.track_id,

@@ -53,6 +53,9 @@ class ImageSequenceSource(FrameSource):
         if fps <= 0:
             raise InputError(f"frame rate must be positive, got {fps}")
         self.files = [Path(f) for f in files]
+        # The outputs name a frame after its file, as the YouTube-VIS layout does: "<video>/<file>".
+        single_image = path is not None and Path(path).is_file()
+        self.file_names = [f.name if single_image else f"{f.parent.name}/{f.name}" for f in self.files]
         height, width = read_image(self.files[0]).shape[:2]
         self.info = VideoInfo(name, path or str(self.files[0].parent), len(self.files), fps,
                               height, width, "images")
@@ -66,4 +69,4 @@ class ImageSequenceSource(FrameSource):
                     f"{self.files[index]} is {image.shape[1]}x{image.shape[0]}, "
                     f"the first frame is {size[1]}x{size[0]}"
                 )
-            yield Frame(index, index / self.info.fps, image)
+            yield Frame(index, index / self.info.fps, image, self.file_names[index])

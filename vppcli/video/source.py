@@ -38,11 +38,13 @@ class VideoInfo:
 @dataclass(frozen=True)
 class Frame:
     """index: position in the source (0-based); timestamp: seconds from the start of the source;
-    image: [H, W, 3] uint8 RGB."""
+    image: [H, W, 3] uint8 RGB; file: for frames stored as image files, the file's name as the
+    outputs give it ("<directory>/<file>" in a frame directory, "<file>" for an image), else None."""
 
     index: int
     timestamp: float
     image: np.ndarray
+    file: str | None = None
 
 
 @dataclass(frozen=True)
