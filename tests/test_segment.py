@@ -352,3 +352,23 @@ def test_frames_read_from_image_files_keep_their_file_names(tmp_path: Path, dete
     assert json.loads(result.stdout)["file"] == photo.name == "00000.png"
     coco = json.loads((tmp_path / "out" / "00000" / "coco.json").read_text())
     assert [image["file_name"] for image in coco["images"]] == [photo.name]
+
+
+def test_an_image_input_gets_image_overlay_and_pruning_view(tmp_path: Path, detecting_model: VppModel,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    photo = write_frames(tmp_path / "photos", list(scene_frames(1, HEIGHT, WIDTH)), ".jpg")[0]
+    out = tmp_path / "out"
+    result = run([str(photo), "-f", "overlay,pruning,ytvis", "-o", str(out), "-q", "--json-summary"],
+                 detecting_model, monkeypatch)
+    assert result.exit_code == 0, result.output
+    video_dir = out / photo.stem
+    assert visible(video_dir) == ["overlay.png", "pruning.png", "ytvis.json"]
+    assert json.loads(result.stdout)["summary"]["videos"][0]["overlay_encoder"] == "PNG (OpenCV)"
+    overlay = np.array(Image.open(video_dir / "overlay.png"))
+    assert overlay.shape == (HEIGHT, WIDTH, 3)
+    assert Image.open(video_dir / "pruning.png").format == "PNG"
+    # a one-frame directory is still a video
+    write_frames(tmp_path / "one", list(scene_frames(1, HEIGHT, WIDTH)))
+    result = run([str(tmp_path / "one"), "-f", "overlay", "-o", str(out), "-q"], detecting_model, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert visible(out / "one") == ["overlay.mp4"]

@@ -215,8 +215,8 @@ class Segmenter:
         info = source.info
         if formats and output_dir is None and any(f != "jsonl" for f in formats):
             raise UsageError("an output directory is needed to write files")
-        meta = VideoMeta(name, info.path, info.height, info.width, info.fps / selection.stride,
-                         video_id, self.config.class_names, self.config.category_ids)
+        meta = VideoMeta(name, info.path, info.height, info.width, info.fps / selection.stride, video_id,
+                         self.config.class_names, self.config.category_ids, still=info.backend == "image")
         record_pruning = needs_pruning_masks(formats)
         if record_pruning and not self.config.pruning.enabled:
             logger.warning("the model does not prune (a dense model): every pruning stage shows all patches kept")

@@ -170,7 +170,8 @@ def segment(
     formats: Annotated[list[str] | None, typer.Option(
         "--format", "-f", metavar=f"[{FORMAT_CHOICES}],...", help="overlay, ytvis, coco, png, jsonl, and the "
         "pruning view: pruning (pruning.mp4, the patches each pruning stage keeps), pruning-json (pruning.jsonl, "
-        "the keep masks as bitmaps); repeatable or comma-separated.",
+        "the keep masks as bitmaps); repeatable or comma-separated. An image input gets overlay.png and "
+        "pruning.png instead of videos.",
         show_default=",".join(DEFAULT_FORMATS))] = None,
     output_dir: Annotated[Path, typer.Option(
         "--output-dir", "-o", help="Outputs of input NAME go to OUTPUT_DIR/NAME/, or NAME-2, NAME-3, ... when "
@@ -207,7 +208,8 @@ def segment(
 
     Needs a model: --weights FILE_OR_NAME, or --preset NAME for random weights (testing only)
     until the bundled default model ships. Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json,
-    coco.json, masks/, pruning.mp4, pruning.jsonl} atomically (NAME-2/, NAME-3/, ... when an
+    coco.json, masks/, pruning.mp4, pruning.jsonl} (overlay.png, pruning.png for an image input)
+    atomically (NAME-2/, NAME-3/, ... when an
     earlier run is in NAME/, unless --exist-ok); jsonl goes to stdout, one line per frame.
     Progress and the summary go to stderr.
     """

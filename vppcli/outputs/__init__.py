@@ -1,7 +1,8 @@
 """Output writers of `vpp segment`: one writer per format and video.
 
 Per video directory: `overlay.mp4`, `ytvis.json`, `coco.json`, `masks/`, and the pruning
-view's `pruning.mp4` and `pruning.jsonl`; `jsonl` goes to a text stream. The files of a video
+view's `pruning.mp4` and `pruning.jsonl` (`overlay.png` and `pruning.png` for an image input);
+`jsonl` goes to a text stream. The files of a video
 appear together at `finish_and_commit()`, atomically (see `base.py` and `atomic.py`).
 """
 
@@ -27,6 +28,8 @@ FILE_NAMES = {"overlay": "overlay.mp4", "ytvis": "ytvis.json", "coco": "coco.jso
 # These need every frame's keep masks (`FrameStats.pruning`), which the model records only on request.
 PRUNING_FORMATS = ("pruning", "pruning-json")
 PRUNING_FILE_NAMES = {"pruning": "pruning.mp4", "pruning-json": "pruning.jsonl"}
+# An image input's overlay and pruning view are images (PNG: lossless, so outlines and text stay sharp).
+STILL_FILE_NAMES = {"overlay": "overlay.png", "pruning": "pruning.png"}
 
 __all__ = [
     "FILE_NAMES",
@@ -38,12 +41,14 @@ __all__ = [
     "OverlayWriter",
     "PRUNING_FILE_NAMES",
     "PRUNING_FORMATS",
+    "STILL_FILE_NAMES",
     "PngMaskWriter",
     "PruningJsonWriter",
     "PruningVideoWriter",
     "VideoMeta",
     "YtvisCollector",
     "YtvisWriter",
+    "file_name",
     "finish_and_commit",
     "needs_pruning_masks",
     "open_writers",
@@ -74,14 +79,21 @@ def needs_pruning_masks(formats: Sequence[str]) -> bool:
     return any(name in PRUNING_FORMATS for name in formats)
 
 
+def file_name(name: str, still: bool) -> str:
+    """The file (or directory) name of format `name`; `still`: for an image input."""
+    if still and name in STILL_FILE_NAMES:
+        return STILL_FILE_NAMES[name]
+    return {**FILE_NAMES, **PRUNING_FILE_NAMES}[name]
+
+
 def _open_writer(name: str, meta: VideoMeta, video_dir: Path, stream: TextIO) -> OutputWriter:
     if name == "jsonl":
         return JsonlWriter(meta, stream)
+    path = video_dir / file_name(name, meta.still)
     if name == "pruning":
-        return PruningVideoWriter(meta, video_dir / PRUNING_FILE_NAMES[name])
+        return PruningVideoWriter(meta, path)
     if name == "pruning-json":
-        return PruningJsonWriter(meta, video_dir / PRUNING_FILE_NAMES[name])
-    path = video_dir / FILE_NAMES[name]
+        return PruningJsonWriter(meta, path)
     if name == "overlay":
         return OverlayWriter(meta, path)
     if name == "ytvis":

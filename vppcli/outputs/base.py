@@ -35,6 +35,7 @@ class VideoMeta:
     fps: frame rate of the written sequence (original fps / stride, so timing is preserved).
     video_id: id used in YouTube-VIS/COCO records (position of the input in the run, from 1).
     class_names / category_ids: label i -> (class_names[i], category_ids[i]).
+    still: an image input: the overlay and the pruning view are images, not videos.
     """
 
     name: str
@@ -45,6 +46,7 @@ class VideoMeta:
     video_id: int
     class_names: tuple[str, ...]
     category_ids: tuple[int, ...]
+    still: bool = False
 
 
 @dataclass(frozen=True)

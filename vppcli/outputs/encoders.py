@@ -1,4 +1,5 @@
-"""Video encoders for the overlay: H.264 through an ffmpeg binary, or OpenCV's mp4v.
+"""Video encoders for the overlay: H.264 through an ffmpeg binary, or OpenCV's mp4v; a PNG for
+an image input, whose overlay is an image too.
 
 H.264 (libx264) plays almost everywhere; OpenCV's own mp4v (MPEG-4 part 2) needs no binary
 but fewer players take it. OpenCV also silently crops odd sizes to even ones, so an odd-sized
@@ -202,11 +203,41 @@ class OpenCvEncoder:
             self._writer = None
 
 
-Encoder = FfmpegEncoder | OpenCvEncoder
+class PngEncoder:
+    """The single frame of an image input as a lossless PNG (sharp outlines and label text)."""
+
+    description = "PNG (OpenCV)"
+
+    def __init__(self, path: Path, shown_as: Path) -> None:
+        self._path = path
+        self._shown_as = shown_as
+        self._written = False
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self._written:
+            raise ValueError(f"{self._shown_as} is an image: one frame only")
+        ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise OutputError(f"OpenCV cannot encode {self._shown_as}")
+        try:
+            self._path.write_bytes(data.tobytes())
+        except OSError as error:
+            raise OutputError(f"cannot write {self._shown_as}: {error.strerror or error}") from error
+        self._written = True
+
+    def finish(self) -> None:
+        pass  # written whole at the first frame
+
+    def kill(self) -> None:
+        pass  # nothing runs; the caller discards the temporary
+
+
+Encoder = FfmpegEncoder | OpenCvEncoder | PngEncoder
 
 
 def make_encoder(codec: Codec, path: Path, shown_as: Path, width: int, height: int, fps: float) -> Encoder:
-    """The encoder for `codec`: "auto" is H.264 when an ffmpeg with libx264 is found, else mp4v.
+    """The encoder for `codec`: "auto" is H.264 when an ffmpeg with libx264 is found, else mp4v;
+    a PNG whatever `codec` when `shown_as` ends in .png (an image input).
 
     It writes `path` (a temporary); messages name `shown_as` (the final name).
 
@@ -214,6 +245,8 @@ def make_encoder(codec: Codec, path: Path, shown_as: Path, width: int, height: i
         OutputError: "h264" without a usable ffmpeg, an odd size that only ffmpeg can keep, or
             a frame rate that is not a positive number.
     """
+    if shown_as.suffix == ".png":
+        return PngEncoder(path, shown_as)
     if not (math.isfinite(fps) and fps > 0):
         raise OutputError(f"cannot write {shown_as} at {fps} fps: the frame rate must be positive and finite")
     executable = None if codec == "mp4v" else find_ffmpeg()

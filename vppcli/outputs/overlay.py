@@ -115,7 +115,8 @@ def render_overlay(image: np.ndarray, instances: FrameInstances, class_names: tu
 
 
 class OverlayWriter:
-    """Writes `overlay.mp4` at the original size and the sequence's fps.
+    """Writes `overlay.mp4` at the original size and the sequence's fps (`overlay.png`, the one
+    frame as an image, for an image input: `path` says which).
 
     `encoder` says what encodes it, e.g. "libx264 yuv420p (ffmpeg at /usr/bin/ffmpeg)" or
     "mp4v (OpenCV)" (see `encoders.make_encoder` for the choice).
@@ -123,8 +124,8 @@ class OverlayWriter:
 
     def __init__(self, meta: VideoMeta, path: Path, codec: Codec = "auto") -> None:
         self._meta = meta
-        # OpenCV picks the container from the extension, so the temporary keeps ".mp4".
-        self._file = AtomicFile(path, suffix=".mp4")
+        # OpenCV picks the container from the extension, so the temporary keeps it.
+        self._file = AtomicFile(path, suffix=path.suffix)
         self._encoder = make_encoder(codec, self._file.temporary, path, meta.width, meta.height, meta.fps)
         self.encoder = self._encoder.description
         self._frames = 0

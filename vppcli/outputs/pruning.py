@@ -172,7 +172,8 @@ def frame_pruning(record: FrameRecord) -> PruningMasks:
 
 class PruningVideoWriter:
     """Writes `pruning.mp4`: the pruning view of every frame, at the sequence's fps, with the
-    overlay's encoder rules (`encoders.make_encoder`) and atomic write.
+    overlay's encoder rules (`encoders.make_encoder`) and atomic write; `pruning.png` for an
+    image input, as the overlay.
 
     The encoder starts at the first frame, when the number of stages, and so the view's size,
     is known.
@@ -181,8 +182,8 @@ class PruningVideoWriter:
     def __init__(self, meta: VideoMeta, path: Path, codec: Codec = "auto") -> None:
         self._meta = meta
         self._codec: Codec = codec
-        # OpenCV picks the container from the extension, so the temporary keeps ".mp4".
-        self._file = AtomicFile(path, suffix=".mp4")
+        # OpenCV picks the container from the extension, so the temporary keeps it.
+        self._file = AtomicFile(path, suffix=path.suffix)
         self._encoder: Encoder | None = None
 
     def write_frame(self, record: FrameRecord) -> None:

@@ -58,7 +58,7 @@ class ImageSequenceSource(FrameSource):
         self.file_names = [f.name if single_image else f"{f.parent.name}/{f.name}" for f in self.files]
         height, width = read_image(self.files[0]).shape[:2]
         self.info = VideoInfo(name, path or str(self.files[0].parent), len(self.files), fps,
-                              height, width, "images")
+                              height, width, "image" if single_image else "images")
 
     def frames(self, selection: FrameSelection = FrameSelection()) -> Iterator[Frame]:
         size = (self.info.height, self.info.width)

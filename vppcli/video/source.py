@@ -24,7 +24,8 @@ DEFAULT_FPS = 30.0
 class VideoInfo:
     """name: a short name for outputs (file stem or directory name); path: the input as given;
     num_frames: frames in the source (as reported by the container for videos); fps: frames per
-    second of the source; height/width: frame size; backend: which reader decodes it."""
+    second of the source; height/width: frame size; backend: which reader decodes it ("decord",
+    "opencv", "images" for a frame directory, "image" for one image file)."""
 
     name: str
     path: str
