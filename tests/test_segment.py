@@ -372,3 +372,25 @@ def test_an_image_input_gets_image_overlay_and_pruning_view(tmp_path: Path, dete
     result = run([str(tmp_path / "one"), "-f", "overlay", "-o", str(out), "-q"], detecting_model, monkeypatch)
     assert result.exit_code == 0, result.output
     assert visible(out / "one") == ["overlay.mp4"]
+
+
+def test_a_damaged_video_gives_the_same_partial_result_with_both_readers(
+    tmp_path: Path, detecting_model: VppModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.video_files import damaged_faststart_copy, noisy_striped_clip
+
+    damaged = damaged_faststart_copy(write_video(tmp_path / "noisy.mp4", noisy_striped_clip(40), fps=25.0),
+                                     tmp_path / "damaged.mp4")
+    outcomes = []
+    for backend in ("decord", "opencv"):
+        result = run([str(damaged), "-f", "ytvis,jsonl", "-o", str(tmp_path / backend), "--backend", backend,
+                      "--json-summary", "--size", "64"], detecting_model, monkeypatch)
+        assert result.exit_code == 0, result.output
+        *lines, summary = result.stdout.splitlines()
+        video = json.loads(summary)["summary"]["videos"][0]
+        assert 0 < video["frames"] == video["ended_at_frame"] == len(lines) < 40
+        assert f"cannot decode frame {video['frames']}" in result.stderr
+        ytvis = json.loads((tmp_path / backend / "damaged" / "ytvis.json").read_text())
+        assert {len(entry["segmentations"]) for entry in ytvis} <= {video["frames"]}
+        outcomes.append([json.loads(line) for line in lines])
+    assert outcomes[0] == outcomes[1]  # same frames decoded, same results

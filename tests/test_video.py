@@ -11,7 +11,14 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from tests.video_files import bright_columns, striped_clip, write_frames, write_video
+from tests.video_files import (
+    bright_columns,
+    damaged_faststart_copy,
+    noisy_striped_clip,
+    striped_clip,
+    write_frames,
+    write_video,
+)
 from vppcli.errors import InputError, UsageError
 from vppcli.video import DecordSource, FrameSelection, ImageSequenceSource, OpenCVSource, open_source
 from vppcli.video.readers import load_decord
@@ -132,11 +139,35 @@ def test_opencv_reader_stops_at_the_real_end_of_a_truncated_stream(
     path = truncated_copy(clip, tmp_path / "cut.mp4", faststart=True, keep=0.8)
     with caplog.at_level(logging.WARNING), OpenCVSource(path) as source:
         frames = list(source.frames())
-    assert 0 < len(frames) < 30
-    assert "stream ended after" in caplog.text
+    assert 0 < len(frames) < 30 and source.ended_at == len(frames)
+    assert f"cannot decode frame {len(frames)}" in caplog.text
 
 
-def test_decode_error_mid_stream_names_the_frame(clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("damaged")
+    return damaged_faststart_copy(write_video(directory / "noisy.mp4", noisy_striped_clip(40), fps=25.0),
+                                  directory / "damaged.mp4")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_damage_mid_stream_ends_the_video_at_the_same_real_frame_with_both_readers(
+    damaged: Path, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with open_source(damaged, "opencv") as reference:
+        expected = [bright_columns(frame.image) for frame in reference.frames()]
+    assert 1 < len(expected) < 40  # the damage is part-way through
+    with caplog.at_level(logging.WARNING), open_source(damaged, backend) as source:  # type: ignore[arg-type]
+        frames = list(source.frames())
+    # decord's read-ahead fails frames earlier; the frames up to the real damage still come
+    assert [frame.index for frame in frames] == list(range(len(expected)))
+    assert [bright_columns(frame.image) for frame in frames] == expected
+    assert source.ended_at == len(expected)
+    assert f"cannot decode frame {len(expected)} (truncated or corrupt video); the video ends there, after " \
+           f"{len(expected)} of 40 selected frames" in caplog.text
+
+
+def test_a_decord_error_hands_the_rest_of_the_video_to_opencv(clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     decord = load_decord()
     assert decord is not None
     source = DecordSource(clip, decord)
@@ -149,11 +180,9 @@ def test_decode_error_mid_stream_names_the_frame(clip: Path, monkeypatch: pytest
         return real_next()
 
     monkeypatch.setattr(source._reader, "next", failing_next)
-    read = []
-    with pytest.raises(InputError, match=r"decode error at frame 4 of .*clip\.mp4"):
-        for frame in source.frames():
-            read.append(frame.index)
-    assert read == [0, 1, 2, 3]
+    frames = list(source.frames(FrameSelection(start=2, stride=3)))
+    assert [frame.index for frame in frames] == list(range(2, 30, 3)) and source.ended_at is None
+    assert [bright_columns(frame.image) for frame in frames] == [4 + index for index in range(2, 30, 3)]
 
 
 def test_image_sequence_errors_name_the_file(tmp_path: Path) -> None:

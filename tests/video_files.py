@@ -42,3 +42,28 @@ def striped_clip(count: int, height: int = 48, width: int = 64) -> list[np.ndarr
 def bright_columns(image: np.ndarray) -> int:
     """Inverse of `striped_clip`: how many leading columns are bright."""
     return int((image[image.shape[0] // 2, :, 0] > 128).sum())
+
+
+def damaged_faststart_copy(source: Path, target: Path, damage: int = 30_000, seed: int = 0) -> Path:
+    """`source` remuxed with its index at the front (faststart), then `damage` random bytes written
+    over the middle of the file: the container opens, decoding breaks part-way through."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    moved = target.with_name(f".{target.name}.faststart.mp4")
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(source),
+                    "-c", "copy", "-movflags", "+faststart", str(moved)], check=True)
+    data = bytearray(moved.read_bytes())
+    moved.unlink()
+    middle = len(data) // 2
+    data[middle : middle + damage] = np.random.default_rng(seed).integers(0, 256, damage, dtype=np.uint8).tobytes()
+    target.write_bytes(bytes(data))
+    return target
+
+
+def noisy_striped_clip(count: int, height: int = 96, width: int = 128, seed: int = 1) -> list[np.ndarray]:
+    """`striped_clip` with noise in the dark part: frames that do not compress to nothing."""
+    rng = np.random.default_rng(seed)
+    return [np.where(frame > 128, frame, rng.integers(0, 60, frame.shape, dtype=np.uint8)).astype(np.uint8)
+            for frame in striped_clip(count, height, width)]

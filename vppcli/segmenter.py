@@ -25,7 +25,7 @@ import torch
 
 from vppcli.config import VppConfig
 from vppcli.efficiency import EfficiencyMeter
-from vppcli.errors import ResourceError, UsageError
+from vppcli.errors import InputError, ResourceError, UsageError
 from vppcli.inference import VideoPredictor
 from vppcli.limits import check_keep_ratio
 from vppcli.model.rovis import VppModel
@@ -64,6 +64,8 @@ class VideoResult:
     tracks: list[TrackSummary] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     overlay_encoder: str | None = None  # e.g. "libx264 yuv420p (ffmpeg at ...)" or "mp4v (OpenCV)"
+    # The first selected frame that could not be decoded, when the video ended there (`frames` were).
+    ended_at: int | None = None
 
     @property
     def frames(self) -> int:
@@ -100,6 +102,7 @@ class VideoResult:
             "tracks": len(self.tracks),
             "outputs": [str(p) for p in self.outputs],
             "overlay_encoder": self.overlay_encoder,
+            "ended_at_frame": self.ended_at,
         }
 
 
@@ -235,6 +238,9 @@ class Segmenter:
                 if on_frame is not None:
                     on_frame(item)
             result.efficiency.seconds = time.perf_counter() - started
+            result.ended_at = source.ended_at
+            if result.frames == 0 and result.ended_at is not None:
+                raise InputError(f"decode error at frame {result.ended_at} of {info.path} (truncated or corrupt video)")
             if result.frames == 0:
                 raise UsageError(f"{info.path}: the frame selection is empty (the source has {info.num_frames} frames)")
             result.outputs = finish_and_commit(writers)

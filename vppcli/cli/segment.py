@@ -194,8 +194,9 @@ def segment(
                                                    show_default="all")] = None,
     stride: Annotated[int, typer.Option(min=1, help="Process every STRIDE-th frame.")] = 1,
     fps: Annotated[float, typer.Option(min=0.001, help="Frame rate of frame directories and images.")] = DEFAULT_FPS,
-    backend: Annotated[Backend, typer.Option(help="Video reader: auto (decord, else OpenCV), decord, opencv.")
-                       ] = Backend.auto,
+    backend: Annotated[Backend, typer.Option(
+        help="Video reader: auto (decord, else OpenCV), decord, opencv. Both end a damaged video at its first "
+        "frame that cannot be decoded, with a warning naming it.")] = Backend.auto,
     reference_noise: Annotated[bool, typer.Option(
         help="Keep the reference's Gumbel noise at test time (stochastic; reproducible with --seed).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the reference-noise mode.")] = 0,

@@ -4,6 +4,11 @@ decord gives exact frame counts and timestamps but has no wheels for some platfo
 Silicon) and is unmaintained, so both readers sit behind `FrameSource` and are tested alike.
 Native decoders write their complaints straight to the process's stderr; we keep those out of
 the user's terminal and report one line of our own instead.
+
+A frame that cannot be decoded in the middle of a stream (truncation, damaged data) ends the
+video there, with a warning naming that frame, for both readers alike: what came before is the
+result. decord decodes ahead on a thread, so its error surfaces frames before the damaged one;
+on an error it hands the rest of the video to OpenCV, which stops at the damaged frame itself.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import importlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -62,6 +67,34 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(sink)
 
 
+def open_capture(path: Path) -> cv2.VideoCapture:
+    # ffmpeg inside OpenCV logs every damaged macroblock; the user gets our line instead.
+    with native_stderr_silenced():
+        capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"cannot read video {path}: not a video, no frames, truncated, or an unsupported codec")
+    return capture
+
+
+def opencv_frames(path: Path, indices: Sequence[int], fps: float) -> Iterator[Frame]:
+    """The frames `indices` (increasing) of `path` through OpenCV, until one cannot be decoded."""
+    # A fresh capture per pass: CAP_PROP_POS_FRAMES seeking is inexact for many codecs.
+    capture = open_capture(path)
+    try:
+        position = 0
+        for index in indices:
+            with native_stderr_silenced():
+                while position < index and capture.grab():  # grab() skips without converting
+                    position += 1
+                ok, image = capture.read() if position == index else (False, None)
+            if not ok:
+                return
+            position += 1
+            yield Frame(index, index / fps, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+
+
 class DecordSource(FrameSource):
     def __init__(self, path: Path, decord: ModuleType) -> None:
         self._decord = decord
@@ -69,19 +102,33 @@ class DecordSource(FrameSource):
             with native_stderr_silenced():
                 self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
                 num_frames = len(self._reader)
-                first = self._reader[0].asnumpy() if num_frames else None
                 fps = usable_fps(float(self._reader.get_avg_fps()), path)
         except (RuntimeError, decord.DECORDError) as error:
             logger.debug("decord could not open %s: %s", path, error)
             raise InputError(f"cannot read video {path}: not a video, no frames, truncated, or an unsupported codec") from None
-        if first is None:
+        if num_frames == 0:
             raise InputError(f"video has no frames: {path}")
-        height, width = first.shape[:2]
+        height, width = self._first_frame(path, fps).shape[:2]
         self.info = VideoInfo(path.stem, str(path), num_frames, fps, height, width, "decord")
+
+    def _first_frame(self, path: Path, fps: float) -> np.ndarray:
+        """Frame 0 for the frame size; through OpenCV when decord's read-ahead fails on damage
+        further on (the video may still have good frames to give)."""
+        try:
+            with native_stderr_silenced():
+                return self._reader[0].asnumpy()
+        except (RuntimeError, self._decord.DECORDError) as error:
+            logger.debug("decord cannot decode frame 0 of %s (%r); asking OpenCV", path, error)
+        with contextlib.closing(opencv_frames(path, [0], fps)) as frames:  # releases the capture now
+            first = next(frames, None)
+        if first is None:
+            raise InputError(f"decode error at frame 0 of {path} (truncated or corrupt video)")
+        return first.image
 
     def frames(self, selection: FrameSelection = FrameSelection()) -> Iterator[Frame]:
         decord = self._decord
         indices = selection.indices(self.info.num_frames)
+        self.ended_at = None
         for position, index in enumerate(indices):
             try:
                 with native_stderr_silenced():
@@ -92,10 +139,11 @@ class DecordSource(FrameSource):
                     image = self._reader.next().asnumpy()
                     start, _ = self._reader.get_frame_timestamp(index)
             except (RuntimeError, StopIteration, decord.DECORDError) as error:
-                logger.debug("decord failed at frame %d of %s: %r", index, self.info.path, error)
-                raise InputError(
-                    f"decode error at frame {index} of {self.info.path} (truncated or corrupt video)"
-                ) from None
+                # Not necessarily the damaged frame: the thread decoding ahead may have hit it.
+                logger.debug("decord failed at frame %d of %s (%r); OpenCV reads on", index, self.info.path, error)
+                yield from self.checked(opencv_frames(Path(self.info.path), indices[position:], self.info.fps),
+                                        indices[position:], len(indices))
+                return
             yield Frame(index, float(start), np.ascontiguousarray(image))
 
     def close(self) -> None:
@@ -108,7 +156,7 @@ class OpenCVSource(FrameSource):
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        capture = self._open()
+        capture = open_capture(path)
         try:
             num_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             fps = usable_fps(float(capture.get(cv2.CAP_PROP_FPS)), path)
@@ -121,36 +169,8 @@ class OpenCVSource(FrameSource):
         height, width = first.shape[:2]
         self.info = VideoInfo(path.stem, str(path), num_frames, fps, height, width, "opencv")
 
-    def _open(self) -> cv2.VideoCapture:
-        # ffmpeg inside OpenCV logs every damaged macroblock; the user gets our line instead.
-        with native_stderr_silenced():
-            capture = cv2.VideoCapture(str(self._path))
-        if not capture.isOpened():
-            raise InputError(f"cannot read video {self._path}: not a video, no frames, truncated, or an unsupported codec")
-        return capture
-
     def frames(self, selection: FrameSelection = FrameSelection()) -> Iterator[Frame]:
-        # A fresh capture per pass: CAP_PROP_POS_FRAMES seeking is inexact for many codecs.
-        capture = self._open()
-        try:
-            yield from self._read(capture, selection)
-        finally:
-            capture.release()
-
-    def _read(self, capture: cv2.VideoCapture, selection: FrameSelection) -> Iterator[Frame]:
-        position = 0
-        for index in selection.indices(self.info.num_frames):
-            with native_stderr_silenced():
-                while position < index and capture.grab():  # grab() skips without converting
-                    position += 1
-                ok, image = capture.read() if position == index else (False, None)
-            if not ok:
-                self._ended_early(position)
-                return
-            position += 1
-            yield Frame(index, index / self.info.fps, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-
-    def _ended_early(self, position: int) -> None:
-        logger.warning("%s: the container claims %d frames but the stream ended after %d",
-                       self.info.path, self.info.num_frames, position)
+        indices = selection.indices(self.info.num_frames)
+        self.ended_at = None
+        yield from self.checked(opencv_frames(self._path, indices, self.info.fps), indices, len(indices))
 

@@ -2,19 +2,23 @@
 
 Every source yields `Frame`s one at a time (never a whole video in memory) and describes itself
 with a `VideoInfo`. Problems the user can fix raise `InputError` with a one-line message naming
-the input (and the frame, for decode errors in the middle of a stream).
+the input; a video that cannot be decoded past some frame ends there, with a warning naming the
+frame (`FrameSource.ended_at`).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 import numpy as np
 
 from vppcli.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 # Used where a source states no frame rate (frame directories, broken headers): what most players assume.
 DEFAULT_FPS = 30.0
@@ -76,13 +80,31 @@ class FrameSelection:
 
 
 class FrameSource(abc.ABC):
-    """A video-like sequence of RGB frames. Use as a context manager, or call `close()`."""
+    """A video-like sequence of RGB frames. Use as a context manager, or call `close()`.
+
+    `ended_at`: after `frames()`, the first selected frame that could not be decoded when the
+    stream ended early (truncated or damaged video; the frames before it were yielded), else None.
+    """
 
     info: VideoInfo
+    ended_at: int | None = None
 
     @abc.abstractmethod
     def frames(self, selection: FrameSelection = FrameSelection()) -> Iterator[Frame]:
         """Decode the selected frames in order, one at a time."""
+
+    def checked(self, frames: Iterator[Frame], indices: Sequence[int], selected: int) -> Iterator[Frame]:
+        """`frames`, which should be `indices`, the end of a selection of `selected` frames; when
+        they stop short, the video ends there: warn, naming the frame, and set `ended_at`."""
+        decoded = 0
+        for frame in frames:
+            decoded += 1
+            yield frame
+        if decoded < len(indices):
+            self.ended_at = indices[decoded]
+            done = selected - len(indices) + decoded
+            logger.warning("%s: cannot decode frame %d (truncated or corrupt video); the video ends there, "
+                           "after %d of %d selected frames", self.info.path, self.ended_at, done, selected)
 
     def close(self) -> None:
         """Release the decoder (idempotent)."""
