@@ -152,7 +152,7 @@ def damaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_damage_mid_stream_ends_the_video_at_the_same_real_frame_with_both_readers(
-    damaged: Path, backend: str, caplog: pytest.LogCaptureFixture
+    damaged: Path, backend: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     with open_source(damaged, "opencv") as reference:
         expected = [bright_columns(frame.image) for frame in reference.frames()]
@@ -165,6 +165,7 @@ def test_damage_mid_stream_ends_the_video_at_the_same_real_frame_with_both_reade
     assert source.ended_at == len(expected)
     assert f"cannot decode frame {len(expected)} (truncated or corrupt video); the video ends there, after " \
            f"{len(expected)} of 40 selected frames" in caplog.text
+    assert "@ 0x" not in capfd.readouterr().err  # no native decoder chatter, not even at close
 
 
 def test_a_decord_error_hands_the_rest_of_the_video_to_opencv(clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,7 +92,8 @@ def opencv_frames(path: Path, indices: Sequence[int], fps: float) -> Iterator[Fr
             position += 1
             yield Frame(index, index / fps, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     finally:
-        capture.release()
+        with native_stderr_silenced():  # closing flushes the decoder, which can complain again
+            capture.release()
 
 
 class DecordSource(FrameSource):
