@@ -210,9 +210,8 @@ def segment(
     Needs a model: --weights FILE_OR_NAME, or --preset NAME for random weights (testing only)
     until the bundled default model ships. Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json,
     coco.json, masks/, pruning.mp4, pruning.jsonl} (overlay.png, pruning.png for an image input)
-    atomically (NAME-2/, NAME-3/, ... when an
-    earlier run is in NAME/, unless --exist-ok); jsonl goes to stdout, one line per frame.
-    Progress and the summary go to stderr.
+    atomically, into NAME-2/, NAME-3/, ... when an earlier run is in NAME/ (unless --exist-ok);
+    jsonl goes to stdout, one line per frame. Progress and the summary go to stderr.
     """
     from vppcli.limits import check_keep_ratio, parse_size
 

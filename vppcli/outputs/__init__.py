@@ -2,8 +2,8 @@
 
 Per video directory: `overlay.mp4`, `ytvis.json`, `coco.json`, `masks/`, and the pruning
 view's `pruning.mp4` and `pruning.jsonl` (`overlay.png` and `pruning.png` for an image input);
-`jsonl` goes to a text stream. The files of a video
-appear together at `finish_and_commit()`, atomically (see `base.py` and `atomic.py`).
+`jsonl` goes to a text stream. The files of a video appear together at `finish_and_commit()`,
+atomically (see `base.py` and `atomic.py`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """One JSON object per processed frame on a text stream (default stdout), for piping.
 
 `{"video", "frame" (source index), "timestamp" (s), "file" (frames read from image files only,
-as COCO's `file_name`), "instances": [{"id", "class", "category_id",
-"score", "bbox" [x, y, w, h], "area", "rle" {"size", "counts"}}]}`; each line is flushed at once.
+as COCO's `file_name`), "instances": [{"id", "class", "category_id", "score", "bbox" [x, y, w, h],
+"area", "rle" {"size", "counts"}}]}`; each line is flushed at once.
 """
 
 from __future__ import annotations
