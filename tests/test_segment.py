@@ -328,8 +328,12 @@ def test_a_rerun_never_mixes_its_files_with_an_earlier_run(clip: Path, tmp_path:
     failed = run([*common, "-f", "coco", "--exist-ok", "--start", "50"], detecting_model, monkeypatch)
     assert failed.exit_code == 2  # empty selection: nothing committed, nothing removed
     assert visible(out / "clip") == ["masks", "notes.txt", "overlay.mp4", "pruning.jsonl"]
-    assert run([*common, "-f", "coco", "--exist-ok"], detecting_model, monkeypatch).exit_code == 0
-    assert visible(out / "clip") == ["coco.json", "notes.txt"]
+    (out / "clip" / "ytvis.json").write_text("[]")  # an output's name, but vppcli has no record of it
+    result = run([str(clip), "-o", str(out), "--max-frames", "2", "-f", "coco", "--exist-ok"], detecting_model,
+                 monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert visible(out / "clip") == ["coco.json", "notes.txt", "ytvis.json"]
+    assert "left ytvis.json in place, not from this run" in result.stderr
     assert sorted(os.listdir(out)) == ["clip", "clip-2"]
 
 

@@ -30,7 +30,7 @@ from vppcli.inference import VideoPredictor
 from vppcli.limits import check_keep_ratio
 from vppcli.model.rovis import VppModel
 from vppcli.model.tracker import TrackAccumulator
-from vppcli.outputs import OverlayWriter, finish_and_commit, needs_pruning_masks, open_writers
+from vppcli.outputs import OverlayWriter, finish_and_commit, needs_pruning_masks, open_writers, output_names
 from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
 from vppcli.outputs.run_record import replace_run
 from vppcli.results import FrameInstances, FrameStats, TrackSummary
@@ -245,7 +245,7 @@ class Segmenter:
                 raise UsageError(f"{info.path}: the frame selection is empty (the source has {info.num_frames} frames)")
             result.outputs = finish_and_commit(writers)
             if output_dir is not None and any(f != "jsonl" for f in formats):
-                replace_run(Path(output_dir), result.outputs)
+                replace_run(Path(output_dir), result.outputs, output_names())
         except BaseException:
             for writer in writers:
                 writer.abort()

@@ -52,6 +52,7 @@ __all__ = [
     "finish_and_commit",
     "needs_pruning_masks",
     "open_writers",
+    "output_names",
     "parse_formats",
 ]
 
@@ -77,6 +78,11 @@ def parse_formats(values: list[str]) -> tuple[str, ...]:
 
 def needs_pruning_masks(formats: Sequence[str]) -> bool:
     return any(name in PRUNING_FORMATS for name in formats)
+
+
+def output_names() -> set[str]:
+    """Every file or directory name a format can write in a video directory."""
+    return {*FILE_NAMES.values(), *PRUNING_FILE_NAMES.values(), *STILL_FILE_NAMES.values()}
 
 
 def file_name(name: str, still: bool) -> str:
