@@ -327,7 +327,7 @@ def _process_shard(job: EvalJob, rank: int, world: int, local_rank: int, progres
     if not tasks:
         return
     settings = job.settings
-    device = _device(settings.device, local_rank)
+    device = rank_device(settings.device, local_rank)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     model, mapping = loaded or load_eval_model(settings, job.categories, device)
@@ -396,7 +396,10 @@ def _count_done(job: EvalJob) -> int:
     return sum(str(task.video_id) in present for task in job.tasks)
 
 
-def _device(name: str, local_rank: int) -> torch.device:
+def rank_device(name: str, local_rank: int) -> torch.device:
+    """The device of one process: `name` is cpu, cuda or auto; CUDA processes take cuda:LOCAL_RANK."""
+    if name not in ("cpu", "cuda", "auto"):
+        raise UsageError(f"--device must be cpu, cuda or auto, got {name!r}")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():

@@ -26,6 +26,7 @@ from vppcli.checkpoints.format import default_input_size, load_model, read_metad
 from vppcli.config import PreprocessConfig, VppConfig, preset
 from vppcli.errors import CheckpointError, InputError, UsageError
 from vppcli.evaluation.dataset import load_dataset
+from vppcli.evaluation.runner import rank_device
 from vppcli.model.rovis import build_model
 from vppcli.outputs.atomic import AtomicFile, ensure_output_dir
 from vppcli.training import checkpoint
@@ -74,7 +75,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str = ""
         if not resume and checkpoint.weights_path(run_dir).exists():
             raise UsageError(f"{run_dir} already holds a training run; pass --resume to continue it "
                              "or choose another --output")
-    device = _device(config.device, local_rank)
+    device = rank_device(config.device, local_rank)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     dataset = TrainingDataset.from_files(
@@ -167,16 +168,3 @@ def _validation_hook(config: TrainConfig, run_dir: Path, record: RunRecord, save
 def _write_args(run_dir: Path, config: TrainConfig) -> None:
     with AtomicFile(run_dir / "args.json", "w") as handle:
         handle.write(json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n")
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise UsageError(f"--device must be cpu, cuda or auto, got {name!r}")
-    return torch.device("cpu")
-
