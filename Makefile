@@ -20,7 +20,7 @@ examples/clip.mp4: examples/make_clip.py | $(BIN)/vpp
 
 # Random weights until the bundled model ships: the whole pipeline runs, the masks mean nothing.
 demo: install examples/clip.mp4
-	$(BIN)/vpp segment examples/clip.mp4 --preset compact --keep-ratio 0.45 --size 384 -f overlay,ytvis -o runs/demo
+	$(BIN)/vpp segment examples/clip.mp4 --preset compact --keep-ratio 0.45 --size 384 -f overlay,ytvis -o runs/demo --exist-ok
 
 test: install
 	$(BIN)/python -m pytest -q
