@@ -3,6 +3,7 @@ defaults, Ctrl-C and internal errors as one line, the shared option checks, plai
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -154,3 +155,14 @@ def test_plain_progress_lines_without_a_terminal(monkeypatch, capsys):
     with RunProgress("clip", 4, "frames", quiet=True, interval=0.0) as bar:
         bar.advance(1)
     assert capsys.readouterr().err == ""
+
+
+def test_log_lines_after_an_in_process_run_reach_the_current_stderr(capsys):
+    from typer.testing import CliRunner
+
+    from vppcli.cli.app import app
+
+    assert CliRunner().invoke(app, ["weights", "list"]).exit_code == 0  # its stderr is closed now
+    logging.getLogger("vppcli.test").warning("after the run")  # through the handler the run installed
+    err = capsys.readouterr().err
+    assert "after the run" in err and "Logging error" not in err

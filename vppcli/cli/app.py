@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
@@ -95,6 +96,19 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+class CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Plain log lines to whatever `sys.stderr` is when a record arrives. A stream bound when the
+    command starts outlives an in-process run (Click's test runner, a notebook) and is closed by then."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _stream: object) -> None:
+        pass
+
+
 @app.callback()
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
@@ -106,6 +120,6 @@ def main(
         handler = RichHandler(console=stderr, show_time=False, show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:  # logs read by scripts or CI: one plain line per message, never wrapped
-        handler = logging.StreamHandler()
+        handler = CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True, handlers=[handler])
