@@ -1,5 +1,5 @@
 """`vpp info` and `vpp weights list` on awkward inputs: paths and metadata that look like rich
-markup, malformed metadata, and the bundled model that is registered but not shipped yet."""
+markup, malformed metadata, and the bundled model where its file is there and where it is not."""
 
 from __future__ import annotations
 
@@ -85,9 +85,30 @@ def test_the_bundled_model_is_listed_only_when_its_file_is_there(saved: Path, tm
     assert "vpp-compact" not in names()
     assert "vpp-compact" not in runner.invoke(app, ["weights", "list"]).stdout
     info = runner.invoke(app, ["info", "vpp-compact"])
-    assert info.exit_code == 4 and "not shipped yet" in info.stderr and "reinstall" not in info.stderr
+    assert info.exit_code == 4 and "missing from this installation" in info.stderr
 
     (tmp_path / "bundled").mkdir()
     (tmp_path / "bundled" / "vpp-compact.safetensors").write_bytes(saved.read_bytes())
     assert names()[0] == "vpp-compact"
     assert runner.invoke(app, ["info", "vpp-compact"]).exit_code == 0
+
+
+def test_without_a_model_option_the_bundled_model_runs_and_says_what_it_knows(saved: Path, tmp_path: Path):
+    from video_files import striped_clip, write_video
+
+    from vppcli.evaluation.runner import ModelSpec
+    from vppcli.segmenter import Segmenter
+
+    clip = write_video(tmp_path / "clip.mp4", striped_clip(3))
+    missing = runner.invoke(app, ["segment", str(clip), "-o", str(tmp_path / "runs")])
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: no model: the bundled default model")
+
+    (tmp_path / "bundled").mkdir()
+    (tmp_path / "bundled" / "vpp-compact.safetensors").write_bytes(saved.read_bytes())
+    result = runner.invoke(app, ["segment", str(clip), "-f", "ytvis", "-o", str(tmp_path / "runs"), "--size", "64"])
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.stderr.splitlines() if "synthetic shape categories" in line]
+    assert len(notices) == 1 and "vpp weights download vpp-tiny-pkr53" in notices[0]
+    assert (tmp_path / "runs" / "clip" / "ytvis.json").is_file()
+    assert ModelSpec().weights == "vpp-compact"
+    assert Segmenter.from_weights().config.name == "compact"

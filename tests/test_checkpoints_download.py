@@ -203,7 +203,7 @@ def test_network_failures_are_download_errors(served: Served, tmp_path: Path, mo
 
 
 def test_names_that_cannot_be_downloaded(served: Served):
-    with pytest.raises(UsageError, match="vpp-compact is a bundled model, never downloaded, and it is not shipped yet"):
+    with pytest.raises(UsageError, match="vpp-compact is bundled with vppcli; there is nothing to download"):
         download_weights("vpp-compact")
     result = runner.invoke(app, ["weights", "download", "vpp-tiny-pkr4"])
     assert result.exit_code == 2 and "did you mean vpp-tiny-pkr41" in result.stderr

@@ -280,7 +280,8 @@ def test_class_mismatch_is_refused_unless_allowed(data, tmp_path):
     (["--data-root", "{root}", "--split", "train", "--missing-frame"], 3, "missing frame"),
     (["--data-root", "{root}", "--split", "train", "--no-model"], 2, "no model"),
 ])
-def test_errors_are_one_line(tmp_path, args, code, message):
+def test_errors_are_one_line(tmp_path, args, code, message, monkeypatch):
+    monkeypatch.setattr("vppcli.checkpoints.registry.bundled_dirs", lambda: (tmp_path / "no-bundled-model",))
     data = build_fixture(tmp_path / "data")
     missing_frame = "--missing-frame" in args
     if missing_frame:

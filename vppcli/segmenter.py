@@ -23,6 +23,7 @@ from typing import TextIO
 import numpy as np
 import torch
 
+from vppcli.checkpoints.registry import DEFAULT_MODEL
 from vppcli.config import VppConfig
 from vppcli.efficiency import EfficiencyMeter
 from vppcli.errors import InputError, ResourceError, UsageError
@@ -137,8 +138,8 @@ class Segmenter:
         self.class_labels = self._labels_of(classes)
 
     @classmethod
-    def from_weights(cls, weights: str | Path, **options: object) -> Segmenter:
-        """Load a checkpoint (path or registered name) and wrap it."""
+    def from_weights(cls, weights: str | Path = DEFAULT_MODEL, **options: object) -> Segmenter:
+        """Load a checkpoint (path or registered name; by default the bundled model) and wrap it."""
         from vppcli.checkpoints import load_model
 
         device = options.get("device", "cpu")

@@ -31,7 +31,7 @@ from vppcli.checkpoints.metadata import (  # noqa: F401  (re-exported: the forma
     format_version,
     read_metadata,
 )
-from vppcli.checkpoints.registry import resolve_weights
+from vppcli.checkpoints.registry import SYNTHETIC_NOTICE, bundled_name, resolve_weights
 from vppcli.errors import CheckpointError, OutputError, UsageError
 from vppcli.model.rovis import VppModel, build_model
 from vppcli.outputs.atomic import AtomicFile
@@ -121,6 +121,9 @@ def load_model(
         raise UsageError(f"cannot load weights as {dtype}; use float32, float16 or bfloat16")
     path = resolve_weights(weights)
     metadata = read_metadata(path)
+    bundled = bundled_name(path)
+    if bundled is not None:
+        log.warning(SYNTHETIC_NOTICE.format(name=bundled))
     if metadata.missing_keys and strict:
         raise CheckpointError(
             f"{path} is a partial conversion ({len(metadata.missing_keys)} tensors missing, e.g. "

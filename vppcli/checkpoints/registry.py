@@ -74,10 +74,16 @@ OFFICIAL: tuple[OfficialWeights, ...] = (
     OfficialWeights("vpp-tiny-pkr41", "tiny", "0.4", 0.409, 40.9, 47.6, 43.6,
                     _OSF.format("bwhge"), _OSF.format("tg5ap"), _TINY),
 )  # fmt: skip
-# Registered ahead of its file: listed (and resolvable) only once `local_path` finds it.
+# Listed (and resolvable) only where `local_path` finds its file: an installation can lack it.
 BUNDLED: tuple[BundledWeights, ...] = (
-    BundledWeights("vpp-compact", "compact", "bundled: compact preset (Tiny backbone, light head)"),
+    BundledWeights("vpp-compact", "compact",
+                   "bundled: compact preset trained on `vpp synth` data (10 synthetic shape categories)"),
 )
+DEFAULT_MODEL = "vpp-compact"  # what segment, eval and Segmenter run when no model is named
+# One stderr line whenever the bundled model runs: its classes are not real-world ones.
+SYNTHETIC_NOTICE = ("{name} is the bundled model: it knows only the 10 synthetic shape categories of `vpp synth`, "
+                    "no real objects; for real video run `vpp weights download vpp-tiny-pkr53` and pass "
+                    "--weights vpp-tiny-pkr53")
 
 
 def find_entry(name: str) -> OfficialWeights | BundledWeights | None:
@@ -93,9 +99,6 @@ def official_entry(name: str) -> OfficialWeights:
     if isinstance(entry, OfficialWeights):
         return entry
     if isinstance(entry, BundledWeights):
-        if local_path(name) is None:
-            raise UsageError(f"{name} is a bundled model, never downloaded, and it is not shipped yet; "
-                             "use a released model (`vpp weights list` shows them)")
         raise UsageError(f"{name} is bundled with vppcli; there is nothing to download")
     raise UsageError(f"unknown weights {name!r}{_suggestion(name)}; `vpp weights list` shows the names")
 
@@ -125,6 +128,24 @@ def local_path(name: str) -> Path | None:
     return None
 
 
+def default_weights() -> str:
+    """The name of the bundled default model; a one-line `UsageError` where its file is missing."""
+    if local_path(DEFAULT_MODEL) is None:
+        raise UsageError(f"no model: the bundled default model ({DEFAULT_MODEL}{SUFFIX}) is missing from this "
+                         "installation; pass --weights FILE_OR_NAME (see `vpp weights list`), or --preset NAME "
+                         "for random weights (testing only)")
+    return DEFAULT_MODEL
+
+
+def bundled_name(path: Path) -> str | None:
+    """The bundled model that the checkpoint file `path` is, if it is one."""
+    for entry in BUNDLED:
+        found = local_path(entry.name)
+        if found is not None and found.resolve() == path.resolve():
+            return entry.name
+    return None
+
+
 def resolve_weights(weights: str | Path) -> Path:
     """A checkpoint path from a file path or a registered name (cache, then bundled directory).
 
@@ -146,10 +167,8 @@ def resolve_weights(weights: str | Path) -> Path:
     if isinstance(entry, OfficialWeights):
         raise CheckpointError(f"weights {text} are not downloaded yet; run: vpp weights download {text}")
     if isinstance(entry, BundledWeights):
-        # No release ships a bundled file yet, so a missing one means exactly that (not a broken install).
-        raise CheckpointError(
-            f"the bundled model {text} is not shipped yet; use a released model (`vpp weights list` shows them)"
-        )
+        raise CheckpointError(f"the bundled model {text} is missing from this installation ({text}{SUFFIX} in "
+                              f"none of {', '.join(str(d) for d in bundled_dirs())}); reinstall vppcli")
     raise CheckpointError(
         f"{text!r} is neither a checkpoint file nor a known model name{_suggestion(text)}; "
         "`vpp weights list` shows the names"

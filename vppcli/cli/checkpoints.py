@@ -18,8 +18,8 @@ from vppcli.errors import EXIT_INTERRUPTED, VppError
 if TYPE_CHECKING:
     from vppcli.config import VppConfig
 
-weights_app = typer.Typer(help="List, download and export models (the authors' released checkpoints; "
-                          "the bundled default model is not shipped yet).", no_args_is_help=True)
+weights_app = typer.Typer(help="List, download and export models (the bundled default model and the "
+                          "authors' released checkpoints).", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
 
@@ -84,13 +84,13 @@ def convert(
 @weights_app.command("list")
 def list_weights(as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
                  verbose: Verbose = False) -> None:
-    """The authors' released checkpoints (and the bundled model, once it ships), and which are present locally."""
+    """The bundled model and the authors' released checkpoints, and which are present locally."""
     from vppcli.checkpoints.registry import BUNDLED, OFFICIAL, cache_dir, local_path
 
     rows: list[dict[str, Any]] = []
     for bundled in BUNDLED:
         present = local_path(bundled.name)
-        if present is None:  # registered ahead of its file: listing it would offer a model that is not there
+        if present is None:  # an installation without the file: listing it would offer a model that is not there
             continue
         rows.append({"name": bundled.name, "kind": "bundled", "variant": bundled.variant, "description": bundled.description,
                      "size_bytes": present.stat().st_size, "local_path": str(present)})

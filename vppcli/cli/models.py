@@ -17,20 +17,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NO_MODEL = ("no model: pass --weights FILE_OR_NAME (see `vpp weights list`), or --preset NAME for random "
-            "weights (testing only); the bundled default model is not shipped yet")
+def chosen_weights(weights: str | None, preset_name: str | None) -> str | None:
+    """The checkpoint a command runs: `--weights`, else the bundled default model unless `--preset`."""
+    if weights is not None and preset_name is not None:
+        raise UsageError("give either --weights or --preset, not both")
+    if weights is None and preset_name is None:
+        from vppcli.checkpoints.registry import default_weights
+
+        return default_weights()
+    return weights
 
 
 def model_config(weights: str | None, preset_name: str | None) -> VppConfig:
-    """The config of the model `--weights`/`--preset` name, without loading weights."""
-    if weights is not None and preset_name is not None:
-        raise UsageError("give either --weights or --preset, not both")
-    if preset_name is not None:
+    """The config of the model `--weights`/`--preset` name (or the bundled default), without loading weights."""
+    weights = chosen_weights(weights, preset_name)
+    if weights is None:
         from vppcli.config import preset
 
-        return preset(preset_name)
-    if weights is None:
-        raise UsageError(NO_MODEL)
+        return preset(preset_name)  # type: ignore[arg-type]
     from vppcli.checkpoints.metadata import read_metadata
     from vppcli.checkpoints.registry import resolve_weights
 
@@ -39,8 +43,9 @@ def model_config(weights: str | None, preset_name: str | None) -> VppConfig:
 
 def load_model(weights: str | None, preset_name: str | None, device: torch.device) -> VppModel:
     """The model itself: a checkpoint's weights, or a preset's seeded random weights."""
-    config = model_config(weights, preset_name)  # refuses both or neither
+    weights = chosen_weights(weights, preset_name)
     if weights is None:
+        config = model_config(None, preset_name)
         from vppcli.model.rovis import build_model
 
         model = build_model(config, seed=0)  # the same random model every run

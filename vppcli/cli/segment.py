@@ -207,8 +207,7 @@ def segment(
 ) -> None:
     """Segment, classify and track every object in videos, with Video Patch Pruning.
 
-    Needs a model: --weights FILE_OR_NAME, or --preset NAME for random weights (testing only)
-    until the bundled default model ships. Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json,
+    Runs the bundled model (synthetic shape categories only) unless --weights names another. Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json,
     coco.json, masks/, pruning.mp4, pruning.jsonl} (overlay.png, pruning.png for an image input)
     atomically, into NAME-2/, NAME-3/, ... when an earlier run is in NAME/ (unless --exist-ok);
     jsonl goes to stdout, one line per frame. Progress and the summary go to stderr.

@@ -62,7 +62,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A checkpoint (`weights`: path or registered name) or a preset with random weights."""
+    """A checkpoint (`weights`: path or registered name) or a preset with random weights; neither
+    means the bundled default model, named explicitly here so that a resumed run compares names."""
 
     weights: str | None = None
     preset: str | None = None
@@ -71,8 +72,9 @@ class ModelSpec:
         if self.weights is not None and self.preset is not None:
             raise UsageError("give either --weights or --preset, not both")
         if self.weights is None and self.preset is None:
-            raise UsageError("no model: pass --weights FILE_OR_NAME, or --preset NAME for random weights "
-                             "(testing only); the bundled default model is not shipped yet")
+            from vppcli.checkpoints.registry import default_weights
+
+            object.__setattr__(self, "weights", default_weights())
 
 
 @dataclass(frozen=True)
