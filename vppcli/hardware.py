@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -78,3 +80,18 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
         logger.warning("bf16 on this CPU is emulated (%s): expect about %dx slower than fp32; "
                        "use --dtype fp32 or auto", caps.describe(), EMULATED_BF16_SLOWDOWN)
     return torch.bfloat16
+
+
+def cpu_description() -> str:
+    """The CPU model and the vector extensions that decide its speed, for benchmark reports."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{model} ({', '.join(wanted) or 'no AVX2'})"
