@@ -85,7 +85,7 @@ def test_the_bundled_model_is_listed_only_when_its_file_is_there(saved: Path, tm
     assert "vpp-compact" not in names()
     assert "vpp-compact" not in runner.invoke(app, ["weights", "list"]).stdout
     info = runner.invoke(app, ["info", "vpp-compact"])
-    assert info.exit_code == 4 and "missing from this installation" in info.stderr
+    assert info.exit_code == 4 and "not in this installation" in info.stderr
 
     (tmp_path / "bundled").mkdir()
     (tmp_path / "bundled" / "vpp-compact.safetensors").write_bytes(saved.read_bytes())
@@ -101,7 +101,7 @@ def test_without_a_model_option_the_bundled_model_runs_and_says_what_it_knows(sa
 
     clip = write_video(tmp_path / "clip.mp4", striped_clip(3))
     missing = runner.invoke(app, ["segment", str(clip), "-o", str(tmp_path / "runs")])
-    assert missing.exit_code == 2 and missing.stderr.startswith("error: no model: the bundled default model")
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: no model: no --weights given and the bundled default model")
 
     (tmp_path / "bundled").mkdir()
     (tmp_path / "bundled" / "vpp-compact.safetensors").write_bytes(saved.read_bytes())

@@ -131,8 +131,8 @@ def local_path(name: str) -> Path | None:
 def default_weights() -> str:
     """The name of the bundled default model; a one-line `UsageError` where its file is missing."""
     if local_path(DEFAULT_MODEL) is None:
-        raise UsageError(f"no model: the bundled default model ({DEFAULT_MODEL}{SUFFIX}) is missing from this "
-                         "installation; pass --weights FILE_OR_NAME (see `vpp weights list`), or --preset NAME "
+        raise UsageError(f"no model: no --weights given and the bundled default model ({DEFAULT_MODEL}) is not in "
+                         "this installation; pass --weights FILE_OR_NAME (see `vpp weights list`), or --preset NAME "
                          "for random weights (testing only)")
     return DEFAULT_MODEL
 
@@ -167,8 +167,8 @@ def resolve_weights(weights: str | Path) -> Path:
     if isinstance(entry, OfficialWeights):
         raise CheckpointError(f"weights {text} are not downloaded yet; run: vpp weights download {text}")
     if isinstance(entry, BundledWeights):
-        raise CheckpointError(f"the bundled model {text} is missing from this installation ({text}{SUFFIX} in "
-                              f"none of {', '.join(str(d) for d in bundled_dirs())}); reinstall vppcli")
+        raise CheckpointError(f"the bundled model {text} is not in this installation ({text}{SUFFIX} is in none of "
+                              f"{', '.join(str(d) for d in bundled_dirs())}); `vpp weights list` shows the models there are")
     raise CheckpointError(
         f"{text!r} is neither a checkpoint file nor a known model name{_suggestion(text)}; "
         "`vpp weights list` shows the names"
