@@ -177,3 +177,15 @@ def test_sigterm_saves_like_ctrl_c(data, tmp_path):
     assert child.returncode == 130, errors
     assert "Traceback" not in errors and "continue with --resume" in errors
     assert (run_dir / "last.safetensors").exists() and (run_dir / "last.state.pt").exists()
+
+
+def test_the_class_loss_weight_is_an_option(data, tmp_path):
+    from vppcli.training.checkpoint import load_state
+
+    runner = CliRunner()
+    args = ["train", "--data", data[0], "--images", data[1], "--preset", "compact", "--size", "64", "--steps", "1",
+            "--threads", "1", "-q"]
+    result = runner.invoke(app, [*args, "--class-weight", "5", "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert load_state(tmp_path / "run").config.class_weight == 5.0
+    assert runner.invoke(app, [*args, "--class-weight", "-1", "-o", str(tmp_path / "bad")]).exit_code == 2

@@ -29,7 +29,7 @@ _FIELDS = {
     "map_keep": "map_keep_ratio", "sm_keep": "selective_keep_ratios", "amp": "amp", "device": "device",
     "threads": "threads", "seed": "seed", "save_every": "save_every", "log_every": "log_every",
     "val": "val_annotations", "val_images": "val_images", "val_every": "val_every",
-    "val_videos": "val_videos", "no_flip": "flip",
+    "val_videos": "val_videos", "no_flip": "flip", "class_weight": "class_weight",
 }
 
 
@@ -86,6 +86,8 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 10,
     clip_grad: Annotated[float, typer.Option(help="Gradient L2 max-norm (0 = off).")] = 0.01,
+    class_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of the classification loss (mask and dice: 5 each).")] = 2.0,
     freeze: Annotated[str | None, typer.Option(
         help="Comma-separated parts to freeze: backbone, vit, adapter, pixel_decoder, decoder, head.")] = None,
     target_pkr: Annotated[float | None, typer.Option(help="VPP: mean patch keep ratio to train for (e.g. 0.5).")] = None,
@@ -121,7 +123,7 @@ def train(
         "data": data, "images": images, "stage": stage, "preset": preset, "init": init, "steps": steps,
         "size": size, "clip_frames": clip_frames, "accumulate": accumulate, "lr": lr,
         "backbone_lr_mult": backbone_lr_mult, "weight_decay": weight_decay, "warmup": warmup,
-        "clip_grad": clip_grad, "target_pkr": target_pkr, "map_keep": map_keep, "amp": amp, "device": device,
+        "clip_grad": clip_grad, "class_weight": class_weight, "target_pkr": target_pkr, "map_keep": map_keep, "amp": amp, "device": device,
         "threads": threads, "seed": seed, "save_every": save_every, "log_every": log_every,
         "val": val, "val_images": val_images, "val_every": val_every,
         "val_videos": val_videos, "no_flip": not no_flip,
