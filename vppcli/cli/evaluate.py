@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -139,17 +138,17 @@ def _run(data: YtvisDataset, source: dict[str, Any], chosen: tuple[Video, ...], 
     """Run (or join, under torchrun) the evaluation; the report on rank 0, None on the other ranks."""
     import torch
 
+    from vppcli.distributed import check_shards, env_rank
     from vppcli.evaluation import runner
     from vppcli.evaluation.dataset import write_json
     from vppcli.evaluation.metric import evaluate_results
 
     if resume and overwrite:
         raise UsageError("give either --resume or --overwrite, not both")
-    if shards > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("--shards cannot be combined with torchrun; use --nproc-per-node instead")
+    check_shards(shards)
     data.check_frames(chosen)
     job = runner.make_job(data, [v.id for v in chosen], settings, output_dir, resume, overwrite)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank().rank
     if settings.model.preset is not None and rank == 0:
         logger.warning("--preset %s: random weights, the scores are meaningless (for testing the pipeline)",
                        settings.model.preset)
@@ -164,8 +163,6 @@ def _run(data: YtvisDataset, source: dict[str, Any], chosen: tuple[Video, ...], 
             progress.advance(done, total=total)
 
         if shards > 1:
-            # torch warns as it stops the other workers after one failed: expected, and not the error to show.
-            logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
             outcome = runner.run_sharded(job, shards, on_progress)
         else:
             outcome = runner.run(job, on_progress, loaded)

@@ -7,10 +7,10 @@ Layout of `output_dir`:
     results.json, results.zip   the merged submission (entries in ascending video id)
 
 Per-video files are written atomically, so an interrupted run leaves only finished videos and
-`--resume` skips them. Sharding splits the videos (ascending id, round robin) over processes of a
-torch.distributed gloo group, started by `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK) or by
-`run_sharded`; rank 0 (or the launching process) merges from the per-video files, so the merged
-output is the same as one process's.
+`--resume` skips them. Sharding splits the videos (ascending id, round robin) over the ranks of a
+process group (`vppcli.distributed`: started by `torchrun`, or by `run_sharded`); rank 0 (or the
+launching process) merges from the per-video files, so the merged output is the same as one
+process's.
 """
 
 from __future__ import annotations
@@ -18,23 +18,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import socket
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as torch_mp
 
 from vppcli import __version__
 from vppcli.config import preset
-from vppcli.errors import InputError, OutputError, UsageError, VppError
+from vppcli.distributed import Rank, barrier, env_rank, process_group, rank_device, spawn
+from vppcli.errors import InputError, OutputError, UsageError
 from vppcli.evaluation.dataset import Category, ClassMapping, YtvisDataset, match_classes, read_json, write_json
 from vppcli.hardware import resolve_dtype
 from vppcli.efficiency import EfficiencyMeter, EfficiencyReport, merged
@@ -52,10 +48,6 @@ PREDICTIONS_DIR = "predictions"
 RUN_FILE = "run.json"
 # YouTube-VIS frames are every 5th frame of 30 fps clips; only used for timestamps.
 YTVIS_FPS = 6.0
-# Shards finish at different times; the default 30 min gloo timeout would fail slow stragglers.
-_GROUP_TIMEOUT = timedelta(hours=48)
-_POLL_SECONDS = 0.5
-_STOP_SECONDS = 10.0  # how long a terminated worker gets to exit before the launcher stops waiting
 
 Progress = Callable[[int, int], None]
 
@@ -180,21 +172,13 @@ def run(job: EvalJob, progress: Progress | None = None,
     Returns the merged outcome on rank 0 and None on the other ranks. `progress(done, total)` is
     called on rank 0 after each of its videos; `loaded` reuses a model already loaded for checks.
     """
-    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in
-                               (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-    if world > 1:
-        dist.init_process_group("gloo", timeout=_GROUP_TIMEOUT)
-    try:
-        resumed = prepare_output(job) if rank == 0 else 0
-        if world > 1:
-            dist.barrier()  # the other ranks write only once rank 0 has checked the directory
-        _process_shard(job, rank, world, local_rank, progress if rank == 0 else None, loaded)
-        if world > 1:
-            dist.barrier()
-        return collect(job, resumed) if rank == 0 else None
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    rank = env_rank()
+    with process_group(rank):
+        resumed = prepare_output(job) if rank.is_root else 0
+        barrier(rank)  # the other ranks write only once rank 0 has checked the directory
+        _process_shard(job, rank, progress if rank.is_root else None, loaded)
+        barrier(rank)
+        return collect(job, resumed) if rank.is_root else None
 
 
 def run_in_process(job: EvalJob, loaded: tuple[VppModel, ClassMapping] | None = None,
@@ -202,33 +186,19 @@ def run_in_process(job: EvalJob, loaded: tuple[VppModel, ClassMapping] | None = 
     """Evaluate every video in this process, whatever a torchrun environment says (validation
     inside one rank of a training run)."""
     resumed = prepare_output(job)
-    _process_shard(job, 0, 1, 0, progress, loaded)
+    _process_shard(job, Rank(), progress, loaded)
     return collect(job, resumed)
 
 
 def run_sharded(job: EvalJob, shards: int, progress: Progress | None = None) -> RunOutcome:
     """Evaluate with `shards` worker processes (a local gloo group on 127.0.0.1) and merge."""
-    if shards < 1:
-        raise UsageError(f"--shards must be at least 1, got {shards}")
     resumed = prepare_output(job)
-    errors = torch_mp.get_context("spawn").SimpleQueue()
-    context = torch_mp.start_processes(_worker, args=(job, shards, _free_port(), errors), nprocs=shards,
-                                       join=False, start_method="spawn")
-    try:
-        while not context.join(timeout=_POLL_SECONDS):
-            if progress is not None:
-                progress(_count_done(job), len(job.tasks))
-    except (torch_mp.ProcessExitedException, torch_mp.ProcessRaisedException):
-        # join() has stopped the other workers; a VppError the worker sent back is the user's to see.
-        if not errors.empty():
-            raise errors.get() from None
-        raise
-    except BaseException:  # e.g. Ctrl-C: stop the workers; their finished videos are kept
-        for process in context.processes:
-            process.terminate()  # nothing for those already gone
-        for process in context.processes:
-            process.join(_STOP_SECONDS)
-        raise
+
+    def poll() -> None:
+        if progress is not None:
+            progress(_count_done(job), len(job.tasks))
+
+    spawn(_worker, (job,), shards, job.settings.threads, poll)  # Ctrl-C: finished videos are kept
     if progress is not None:
         progress(len(job.tasks), len(job.tasks))
     return collect(job, resumed)
@@ -302,34 +272,21 @@ def collect(job: EvalJob, resumed: int = 0) -> RunOutcome:
     return RunOutcome(results, merged(meters).report(), (results_file, zip_file), resumed)
 
 
-def _worker(rank: int, job: EvalJob, world: int, port: int, errors: Any) -> None:
-    """One process of `run_sharded`; a VppError goes back to the launcher through `errors`."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=_GROUP_TIMEOUT)
-    try:
-        if job.settings.threads is None:  # share the cores instead of oversubscribing them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-        _process_shard(job, rank, world, rank, None, None)
-        dist.barrier()
-    except VppError as error:
-        # Sent before the group goes down: the peers fail only after that, so the launcher finds
-        # this error queued whichever failed process it notices first.
-        errors.put(error)
-        raise SystemExit(error.exit_code) from None
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: Rank, job: EvalJob) -> None:
+    """One process of `run_sharded`."""
+    _process_shard(job, rank, None, None)
 
 
-def _process_shard(job: EvalJob, rank: int, world: int, local_rank: int, progress: Progress | None,
+def _process_shard(job: EvalJob, rank: Rank, progress: Progress | None,
                    loaded: tuple[VppModel, ClassMapping] | None) -> None:
-    shard = job.tasks[rank::world]
+    shard = job.tasks[rank.rank::rank.world]
     tasks = [task for task in shard if _read_record(job, task) is None]  # the rest is done (--resume)
     if progress is not None:
         progress(len(shard) - len(tasks), len(shard))
     if not tasks:
         return
     settings = job.settings
-    device = rank_device(settings.device, local_rank)
+    device = rank_device(settings.device, rank.local_rank)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     model, mapping = loaded or load_eval_model(settings, job.categories, device)
@@ -345,7 +302,7 @@ def _process_shard(job: EvalJob, rank: int, world: int, local_rank: int, progres
         record = _run_video(segmenter, task, mapping, known, device)
         write_json(job.predictions_dir / f"{task.video_id}.json", record)
         log.info("video %d: %d frames, %d tracks (%d/%d of rank %d)", task.video_id, record["frames"],
-                 len(record["results"]), done, len(shard), rank)
+                 len(record["results"]), done, len(shard), rank.rank)
         if progress is not None:
             progress(done, len(shard))
 
@@ -396,23 +353,6 @@ def _read_record(job: EvalJob, task: VideoTask) -> dict[str, Any] | None:
 def _count_done(job: EvalJob) -> int:
     present = {p.stem for p in job.predictions_dir.glob("*.json")}
     return sum(str(task.video_id) in present for task in job.tasks)
-
-
-def rank_device(name: str, local_rank: int) -> torch.device:
-    """The device of one process: `name` is cpu, cuda or auto; CUDA processes take cuda:LOCAL_RANK."""
-    if name not in ("cpu", "cuda", "auto"):
-        raise UsageError(f"--device must be cpu, cuda or auto, got {name!r}")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 __all__ = [

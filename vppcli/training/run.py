@@ -24,9 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vppcli.checkpoints.format import default_input_size, load_model, read_metadata
 from vppcli.config import PreprocessConfig, VppConfig, preset
+from vppcli.distributed import rank_device
 from vppcli.errors import CheckpointError, InputError, UsageError
 from vppcli.evaluation.dataset import load_dataset
-from vppcli.evaluation.runner import rank_device
 from vppcli.model.rovis import build_model
 from vppcli.outputs.atomic import AtomicFile, ensure_output_dir
 from vppcli.training import checkpoint
