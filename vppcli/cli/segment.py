@@ -1,18 +1,19 @@
 """`vpp segment`: segment, classify and track the objects of videos; write overlays, JSON, masks.
 
 Everything that can be checked without the model is checked before it is loaded (options, that
-the inputs exist, that the output directory is writable); torch and the writers are imported
-only then, so `vpp segment --help` stays fast.
+the inputs open, that the output directory is writable); torch and the writers are imported
+only then, so `vpp segment --help` stays fast. With `--shards K` (or under torchrun) the inputs
+are spread over processes; `segment_runs` keeps the outputs those of one process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -34,81 +35,29 @@ from vppcli.cli.options import (
     Verbose,
     Weights,
 )
-from vppcli.cli.progress import RunProgress
-from vppcli.errors import EXIT_BROKEN_PIPE, EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, UsageError, VppError
+from vppcli.cli.segment_runs import (
+    Naming,
+    Plan,
+    RunOutcome,
+    ShardOutcome,
+    VideoSettings,
+    merge,
+    plan,
+    read_inputs,
+    segment_inputs,
+)
+from vppcli.errors import EXIT_BROKEN_PIPE, EXIT_CODES_HELP, EXIT_INTERRUPTED, UsageError, VppError
 
 if TYPE_CHECKING:
     import torch
 
+    from vppcli.distributed import Rank
     from vppcli.model.rovis import VppModel
     from vppcli.segmenter import Segmenter, VideoResult
-    from vppcli.video import FrameSelection
 
 DEFAULT_FORMATS = ("overlay", "ytvis")
 DEFAULT_FPS = 30.0  # = vppcli.video.DEFAULT_FPS (tests check), not imported: it would import OpenCV for --help
 FORMAT_CHOICES = "overlay|ytvis|coco|png|jsonl|pruning|pruning-json"
-
-
-@dataclass(frozen=True)
-class Failure:
-    input: str
-    error: str
-    exit_code: int
-
-
-@dataclass
-class RunOutcome:
-    """What the whole call did, for the summary and the exit code."""
-
-    videos: list[VideoResult] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        """The first failure's code: with several inputs, one bad input fails the run at the end."""
-        return self.failures[0].exit_code if self.failures else EXIT_OK
-
-    def fail(self, path: str, error: VppError) -> None:
-        error_line(str(error))
-        self.failures.append(Failure(path, str(error), error.exit_code))
-
-    def to_dict(self) -> dict[str, object]:
-        from vppcli.efficiency import merged
-
-        total = merged(v.efficiency for v in self.videos).report()
-        return {
-            "videos": [v.to_dict() for v in self.videos],
-            "failed": [dataclasses.asdict(f) for f in self.failures],
-            "frames": total.frames,
-            "fps": round(total.fps, 3),
-            "keep_ratio": round(total.keep_ratio, 4),
-            "tracks": sum(len(v.tracks) for v in self.videos),
-        }
-
-
-def _read_inputs(inputs: list[str]) -> list[str]:
-    """Expand `-` into the paths given one per line on stdin."""
-    paths: list[str] = []
-    for item in inputs:
-        if item == "-":
-            paths.extend(line.strip() for line in sys.stdin if line.strip())
-        else:
-            paths.append(item)
-    return paths
-
-
-def _existing(paths: list[str], outcome: RunOutcome) -> list[tuple[int, str]]:
-    """(video id, path) of the inputs that exist, the id being the position among all inputs; the
-    others are reported now, before a model is loaded for nothing."""
-    from vppcli.errors import InputError
-
-    found = []
-    for video_id, path in enumerate(paths, start=1):
-        if os.path.exists(path):
-            found.append((video_id, path))
-        else:
-            outcome.fail(path, InputError(f"no such file or directory: {path}"))
-    return found
 
 
 def _parse_classes(classes: str | None) -> list[str] | None:
@@ -124,42 +73,31 @@ def _load_model(weights: str | None, preset_name: str | None, device: torch.devi
     return load_model(weights, preset_name, device)
 
 
-def _unique_name(name: str, taken: set[str], is_free: Callable[[str], bool] = lambda _: True) -> str:
-    """`name`, else `name-2`, `name-3`, ...: the first not in `taken` for which `is_free` holds."""
-    candidate, number = name, 2
-    while candidate in taken or not is_free(candidate):
-        candidate, number = f"{name}-{number}", number + 1
-    taken.add(candidate)
-    return candidate
+@dataclass(frozen=True)
+class ModelSettings:
+    """How every process builds its segmenter (picklable: sharded workers get it whole)."""
+
+    weights: str | None
+    preset: str | None
+    dtype: DType
+    threads: int | None
+    keep_ratio: float | None
+    score_threshold: float
+    classes: list[str] | None
+    long_side: int | None
+    reference_noise: bool
+    seed: int
 
 
-def _unused_dir(output_dir: Path) -> Callable[[str], bool]:
-    """Whether OUTPUT_DIR/NAME holds no earlier run: absent, or nothing in it but hidden files
-    (a crashed run's temporaries), so that a new run never mixes its files with another's."""
-    def is_free(name: str) -> bool:
-        directory = output_dir / name
-        if not directory.exists():
-            return True
-        return directory.is_dir() and all(entry.name.startswith(".") for entry in directory.iterdir())
-    return is_free
+@dataclass(frozen=True)
+class ShardJob:
+    """What a rank of a sharded run needs: its inputs are `plan.inputs[rank::world]`."""
 
-
-@dataclass
-class Naming:
-    """Names of the outputs of one call: video names unique within the call, and each video's
-    directory (a fresh one per run unless `exist_ok`)."""
-
-    output_dir: Path
-    exist_ok: bool
-    names: set[str] = field(default_factory=set)
-    dirs: set[str] = field(default_factory=set)
-
-    def video(self, source_name: str) -> tuple[str, Path]:
-        name = _unique_name(source_name, self.names)
-        if self.exist_ok:
-            self.dirs.add(name)
-            return name, self.output_dir / name
-        return name, self.output_dir / _unique_name(source_name, self.dirs, _unused_dir(self.output_dir))
+    plan: Plan
+    model: ModelSettings
+    device: str
+    video: VideoSettings
+    log_level: int
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -200,6 +138,9 @@ def segment(
     reference_noise: Annotated[bool, typer.Option(
         help="Keep the reference's Gumbel noise at test time (stochastic; reproducible with --seed).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the reference-noise mode.")] = 0,
+    shards: Annotated[int, typer.Option(
+        min=1, help="Worker processes sharing the inputs (a local torch.distributed group); or launch with "
+        "torchrun. The outputs are those of one process.")] = 1,
     quiet: Quiet = False,
     verbose: Verbose = False,
     json_summary: Annotated[bool, typer.Option(
@@ -222,33 +163,36 @@ def segment(
         long_side = parse_size(size).long_side if size is not None else None
         check_keep_ratio(keep_ratio)
         class_names = _parse_classes(classes)
-        paths = _read_inputs(inputs)
+        paths = read_inputs(inputs)
         if not paths:
             raise UsageError("no input: give video files, frame directories or images (or `-` with paths on stdin)")
         if weights is not None or preset is not None:  # neither: _load_model says what to pass
             check_keep_ratio(keep_ratio, model_config(weights, preset.value if preset else None))
+        from vppcli.distributed import check_shards
+
+        check_shards(shards)
         if any(f != "jsonl" for f in chosen):
             from vppcli.outputs.atomic import ensure_output_dir
 
             ensure_output_dir(output_dir)
-        inputs_found = _existing(paths, outcome)
-        if not inputs_found:
-            raise typer.Exit(outcome.exit_code)
         from vppcli.video import FrameSelection
 
-        selection = FrameSelection(start, max_frames, stride)
-        segmenter = _segmenter(weights, preset.value if preset else None, device, dtype, threads, keep_ratio,
-                               score_threshold, class_names, long_side, reference_noise, seed)
+        video = VideoSettings(chosen, FrameSelection(start, max_frames, stride), backend.value, fps, quiet)
+        model = ModelSettings(weights, preset.value if preset else None, dtype, threads, keep_ratio, score_threshold,
+                              class_names, long_side, reference_noise, seed)
     except VppError as error:
         raise fail_with(error) from None
 
-    naming = Naming(output_dir, exist_ok)
     try:
-        for video_id, path in inputs_found:
-            _segment_one(segmenter, path, video_id, chosen, naming, selection, backend.value, fps, quiet, outcome)
+        results = _run(paths, Naming(output_dir, exist_ok), video, model, device, shards, outcome)
+        if results is None:
+            return  # a torchrun rank other than 0: rank 0 reports
+        merge(outcome, results)
         _report(outcome, quiet, json_summary)
+    except VppError as error:
+        raise fail_with(error) from None
     except KeyboardInterrupt:
-        error_line("interrupted; outputs of the unfinished video were removed")
+        error_line("interrupted; outputs of the unfinished videos were removed")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:  # `vpp segment ... -f jsonl | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -256,46 +200,72 @@ def segment(
     raise typer.Exit(outcome.exit_code)
 
 
-def _segmenter(weights: str | None, preset_name: str | None, device: Device, dtype: DType, threads: int | None,
-               keep_ratio: float | None, score_threshold: float, classes: list[str] | None, long_side: int | None,
-               reference_noise: bool, seed: int) -> Segmenter:
+def _run(paths: list[str], naming: Naming, video: VideoSettings, model: ModelSettings, device: Device,
+         shards: int, outcome: RunOutcome) -> list[ShardOutcome] | None:
+    """Plan, then segment in this process, in `shards` local workers or as a torchrun rank. The
+    ranks' outcomes in rank order (on rank 0 or in the launcher), None on the other torchrun ranks.
+    Exits when no input opened (with the code of the first that did not)."""
+    from vppcli.distributed import env_rank, from_root, process_group, spawn
+
+    rank = env_rank()
+    if rank.world > 1:
+        with process_group(rank):
+            planned = from_root(rank, lambda: plan(paths, naming, video.backend, video.image_fps, outcome))
+            _exit_if_empty(planned)
+            return _rank_main(rank, ShardJob(planned, model, device.value, video, logging.getLogger().level))
+    planned = plan(paths, naming, video.backend, video.image_fps, outcome)
+    _exit_if_empty(planned)
+    if shards > 1:
+        job = ShardJob(planned, model, device.value, video, logging.getLogger().level)
+        return spawn(_worker, (job,), shards, model.threads)
+    segmenter = _segmenter(model, resolve_device(device))
+    return [segment_inputs(segmenter, planned.inputs, video, spool=False)]  # jsonl went to stdout as it came
+
+
+def _exit_if_empty(planned: Plan) -> None:
+    if not planned.inputs:  # every input failed to open, and was reported
+        raise typer.Exit(planned.failures[0].exit_code)
+
+
+def _worker(rank: Rank, job: ShardJob) -> list[ShardOutcome] | None:
+    """One process of `--shards`: logs as the command does, then runs its rank."""
+    from vppcli.cli.app import main as configure_logging
+
+    configure_logging(version=False, verbose=False)
+    logging.getLogger().setLevel(job.log_level)  # -q/-v as the launcher was given them
+    return _rank_main(rank, job)
+
+
+def _rank_main(rank: Rank, job: ShardJob) -> list[ShardOutcome] | None:
+    """Segment this rank's inputs (round robin in input order) with jsonl spooled for the merge;
+    every rank's outcome on rank 0. Progress bars on rank 0 only: several would garble a terminal."""
+    from vppcli.distributed import gather_to_root, rank_device
+
+    mine = job.plan.inputs[rank.rank::rank.world]
+    shard = ShardOutcome()
+    if mine:  # more ranks than inputs: the idle ones load no model
+        if not rank.is_root:
+            logging.disable(logging.WARNING)  # rank 0 tells about the model; the same lines once is enough
+        try:
+            segmenter = _segmenter(job.model, rank_device(job.device, rank.local_rank))
+        finally:
+            logging.disable(logging.NOTSET)
+        video = dataclasses.replace(job.video, quiet=job.video.quiet or not rank.is_root)
+        shard = segment_inputs(segmenter, mine, video, spool=True)
+    return gather_to_root(rank, shard)
+
+
+def _segmenter(model: ModelSettings, device: torch.device) -> Segmenter:
     import torch
 
     from vppcli.segmenter import Segmenter
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    torch_device = resolve_device(device)
-    model = _load_model(weights, preset_name, torch_device)
-    return Segmenter(model, keep_ratio=keep_ratio, score_threshold=score_threshold, classes=classes,
-                     device=torch_device, dtype=dtype.resolve(torch_device), long_side=long_side,
-                     reference_noise=reference_noise, seed=seed)
-
-
-def _segment_one(segmenter: Segmenter, path: str, video_id: int, formats: tuple[str, ...], naming: Naming,
-                 selection: FrameSelection, backend: str, image_fps: float, quiet: bool, outcome: RunOutcome) -> None:
-    from vppcli.segmenter import SegmentedFrame
-    from vppcli.video import open_source
-
-    try:
-        with open_source(path, backend, image_fps) as source:  # type: ignore[arg-type]  # a Backend value
-            name, video_dir = naming.video(source.info.name)
-            with RunProgress(name, selection.count(source.info.num_frames), "frames", quiet) as progress:
-                done = 0
-
-                def on_frame(item: SegmentedFrame) -> None:
-                    nonlocal done
-                    done += 1
-                    stats = item.instances.stats
-                    progress.advance(done, stats.keep_ratio if stats else None)
-
-                result = segmenter.segment(source, formats=formats, output_dir=video_dir,
-                                           selection=selection, video_id=video_id, name=name, stream=sys.stdout,
-                                           on_frame=on_frame)
-    except VppError as error:
-        outcome.fail(path, error)
-        return
-    outcome.videos.append(result)
+    if model.threads is not None:
+        torch.set_num_threads(model.threads)
+    loaded = _load_model(model.weights, model.preset, device)
+    return Segmenter(loaded, keep_ratio=model.keep_ratio, score_threshold=model.score_threshold,
+                     classes=model.classes, device=device, dtype=model.dtype.resolve(device),
+                     long_side=model.long_side, reference_noise=model.reference_noise, seed=model.seed)
 
 
 def _report(outcome: RunOutcome, quiet: bool, json_summary: bool) -> None:
