@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from vppcli.config import preset
+from vppcli.efficiency import ReuseFrameStats, encoder_queries_of
 from vppcli.inference import VideoPredictor
 from vppcli.kernel_bench import compare_deform_attn, matmul_gflops
 from vppcli.model.flops import frame_flops
 from vppcli.model.rovis import build_model
+from vppcli.model.temporal_reuse import TemporalReuse
 from vppcli.profiling import SectionTimer, peak_memory, timed
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class RunReport:
     peak_memory_mb: float
     peak_memory_kind: str
     gflops_per_s: dict[str, float] = field(default_factory=dict)  # achieved, per component and "total"
+    reuse_budget: float | None = None  # temporal reuse in the pixel decoder (None = off)
+    encoder_query_ratio: float = 1.0  # mean fraction of encoder queries recomputed per layer
+    refreshes: int = 0  # dense pixel-decoder frames among the timed ones (temporal reuse)
 
 
 @dataclass
@@ -63,8 +68,14 @@ class BenchReport:
     deform_attn: dict[str, float] = field(default_factory=dict)  # pixel-decoder MSDA vs grid_sample
 
     def ratios(self) -> dict[str, float]:
-        """Pruned / dense ratios of the first two runs."""
+        """Pruned / dense ratios of the first two runs, and dense over each later run (reuse)."""
         dense, pruned = self.runs[0], self.runs[1]
+        later = {
+            f"{run.label}_{name}": value for run in self.runs[2:] for name, value in (
+                ("model_speedup", dense.ms_per_frame / run.ms_per_frame),
+                ("model_flops_speedup", dense.gflops["total"] / run.gflops["total"]),
+            )
+        }
         return {
             "token_ratio": pruned.realised_keep_ratio / dense.realised_keep_ratio,
             "vit_time_ratio": pruned.component_ms["vit_blocks"] / dense.component_ms["vit_blocks"],
@@ -72,6 +83,7 @@ class BenchReport:
             "model_speedup": dense.ms_per_frame / pruned.ms_per_frame,
             "model_flops_speedup": dense.gflops["total"] / pruned.gflops["total"],
             **{f"dense_{name}_of_matmul": self.fraction_of_matmul(dense, name) for name in dense.gflops_per_s},
+            **later,
         }
 
     def fraction_of_matmul(self, run: RunReport, component: str) -> float:
@@ -106,9 +118,9 @@ def synthetic_frames(count: int, height: int, width: int, seed: int = 0) -> list
 
 
 def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_ratio: float | None, label: str,
-         device: torch.device, dtype: torch.dtype) -> RunReport:
+         device: torch.device, dtype: torch.dtype, reuse: TemporalReuse | None = None) -> RunReport:
     predictor = VideoPredictor(model, keep_ratio=keep_ratio, device=device, dtype=dtype,
-                               long_side=max(frames[0].shape[:2]))
+                               long_side=max(frames[0].shape[:2]), reuse=reuse)
     state = predictor.new_video()
     timer = SectionTimer(device)
     if device.type == "cuda":
@@ -116,6 +128,8 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
     tokens = np.zeros(model.config.vit.depth)
     flops_total: dict[str, float] = {}
     num_tokens = 0
+    encoder_fraction, refreshes = 0.0, 0
+    encoder_tokens = sum((frames[0].shape[0] // s) * (frames[0].shape[1] // s) for s in (8, 16, 32))
     for index, frame in enumerate(frames):
         frame_timer = timer if index >= warmup else None
         with timed(frame_timer, "total"):
@@ -126,8 +140,12 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
         assert stats is not None
         tokens += stats.tokens_per_block
         num_tokens = stats.num_tokens
+        encoder_queries = encoder_queries_of(stats)
+        encoder_fraction += 1.0 if encoder_queries is None else encoder_queries / encoder_tokens
+        refreshes += int(isinstance(stats, ReuseFrameStats) and stats.reuse_refreshed)
         for name, value in frame_flops(model.config, stats.padded_size, stats.tokens_per_block,
-                                       stats.num_track_queries, stats.map_candidates).as_gflops().items():
+                                       stats.num_track_queries, stats.map_candidates,
+                                       encoder_queries).as_gflops().items():
             flops_total[name] = flops_total.get(name, 0.0) + value
     measured = len(frames) - warmup
     mean_tokens = tokens / measured
@@ -146,6 +164,9 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
         peak_memory_mb=peak,
         peak_memory_kind=kind,
         gflops_per_s=achieved_rates(component_ms, ms_per_frame, gflops),
+        reuse_budget=None if reuse is None else reuse.budget,
+        encoder_query_ratio=encoder_fraction / measured,
+        refreshes=refreshes,
     )
 
 
@@ -160,8 +181,10 @@ def achieved_rates(component_ms: dict[str, float], ms_per_frame: float, gflops: 
 
 
 def run_benchmark(preset_name: str, size: tuple[int, int], keep_ratio: float | None, frames: int, warmup: int = 2,
-                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", seed: int = 0) -> BenchReport:
-    """Time a random-weight preset dense (keep ratio 1) and pruned (`keep_ratio`, None = native)."""
+                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", seed: int = 0,
+                  reuse_budgets: tuple[float, ...] = ()) -> BenchReport:
+    """Time a random-weight preset dense (keep ratio 1) and pruned (`keep_ratio`, None = native),
+    then pruned with temporal reuse in the pixel decoder at each of `reuse_budgets`."""
     height, width = size
     if height % 32 or width % 32:
         raise ValueError(f"size {height}x{width} must be a multiple of 32 on both sides")
@@ -176,9 +199,11 @@ def run_benchmark(preset_name: str, size: tuple[int, int], keep_ratio: float | N
     logger.info("measuring the machine's matmul rate")
     for matmul_dtype in dict.fromkeys((torch.float32, dtype)):
         report.matmul_gflops_per_s[str(matmul_dtype).removeprefix("torch.")] = matmul_gflops(matmul_dtype, device)
-    for label, ratio in (("dense", 1.0), ("pruned", keep_ratio)):
+    runs: list[tuple[str, float | None, TemporalReuse | None]] = [("dense", 1.0, None), ("pruned", keep_ratio, None)]
+    runs += [(f"reuse{budget:g}", keep_ratio, TemporalReuse(budget=budget)) for budget in reuse_budgets]
+    for label, ratio, reuse in runs:
         logger.info("running %s (%d frames)", label, warmup + frames)
-        report.runs.append(_run(model, clip, warmup, ratio, label, device, dtype))
+        report.runs.append(_run(model, clip, warmup, ratio, label, device, dtype, reuse))
     logger.info("timing the deformable attention against its grid_sample formulation")
     comparison = compare_deform_attn(config, size, dtype, device)
     report.deform_attn = {

@@ -23,14 +23,17 @@ import torch
 from torch import Tensor
 
 from vppcli.config import PreprocessConfig, VppConfig
+from vppcli.efficiency import ReuseFrameStats
 from vppcli.model.backbone import BackboneOutput, TemporalCache
 from vppcli.model.postprocess import detections_from_predictions
 from vppcli.model.pruning import PruningPlan, distance_prior, image_based_fractions, keep_budgets
 from vppcli.model.rovis import VppModel
+from vppcli.model.temporal_reuse import EncoderCache, TemporalReuse
 from vppcli.model.tracker import TrackAccumulator, TrackerState, track_queries, update
 from vppcli.preprocess import FrameGeometry, preprocess_frame
 from vppcli.profiling import SectionTimer, timed
 from vppcli.results import FrameInstances, FrameStats, PruningMasks, PruningStage
+
 
 @dataclass
 class VideoState:
@@ -45,11 +48,13 @@ class VideoState:
     generator: torch.Generator | None = None  # reference-noise mode only
     seed: int | None = None
     record_masks: bool = False  # a setting of the video: hand out each frame's keep masks
+    reuse_cache: EncoderCache | None = None  # pixel-decoder states of the previous frame (temporal reuse)
 
     def reset(self) -> None:
         """Forget the video: the next frame is a first frame (and the noise restarts)."""
         self.frame_index = 0
         self.cache = None
+        self.reuse_cache = None
         self.prior = None
         self.prior_grid = None
         self.tracker.reset()
@@ -62,7 +67,8 @@ class VideoState:
         tensors = [] if self.cache is None else [self.cache.keys, self.cache.values, self.cache.active]
         if self.prior is not None:
             tensors.append(self.prior)
-        return sum(t.numel() * t.element_size() for t in tensors) + self.tracker.num_bytes()
+        reuse = 0 if self.reuse_cache is None else self.reuse_cache.num_bytes()
+        return sum(t.numel() * t.element_size() for t in tensors) + reuse + self.tracker.num_bytes()
 
 
 class VideoPredictor:
@@ -79,11 +85,14 @@ class VideoPredictor:
             `new_video`); off, the model records nothing and the masks cost nothing.
         temporal_prior: False = image-based pruning, the paper's baseline (no Map-SM; with
             `keep_ratio` the selective modules' budgets are scaled to reach it alone).
+        reuse: sparse temporal reuse in the pixel decoder (None = off: the dense decoder, outputs
+            unchanged); see `vppcli.model.temporal_reuse`.
     """
 
     def __init__(self, model: VppModel, keep_ratio: float | None = None, reference_noise: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 long_side: int | None = None, record_masks: bool = False, temporal_prior: bool = True) -> None:
+                 long_side: int | None = None, record_masks: bool = False, temporal_prior: bool = True,
+                 reuse: TemporalReuse | None = None) -> None:
         if keep_ratio is not None and not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
         if dtype not in (torch.float32, torch.bfloat16):
@@ -99,6 +108,7 @@ class VideoPredictor:
         self.dtype = dtype
         self.record_masks = record_masks
         self.temporal_prior = temporal_prior
+        self.reuse = reuse
         if keep_ratio is not None and self.config.pruning.enabled:
             keep_budgets(self._fractions(), keep_ratio, 100)  # an unreachable ratio fails here, not mid-video
         self.stages = pruning_stages(self.config)
@@ -119,7 +129,9 @@ class VideoPredictor:
             height, width = geometry.grid
             budgets = keep_budgets(self._fractions(), self.keep_ratio, height * width)
         return PruningPlan(budgets=budgets, generator=state.generator, tau=pruning.tau,
-                           record_masks=state.record_masks, temporal_prior=self.temporal_prior)
+                           # temporal reuse reads the last block's keep mask
+                           record_masks=state.record_masks or self.reuse is not None,
+                           temporal_prior=self.temporal_prior)
 
     def _fractions(self) -> tuple[float, ...]:
         """The per-block keep shape that budgets scale: the trained schedule, with the Map-SM's
@@ -149,6 +161,7 @@ class VideoPredictor:
             output = self.model(
                 images, None if queries is None else queries[None], state.cache,
                 self.plan_for(geometry, state), state.prior, timer,
+                reuse=self.reuse, reuse_cache=state.reuse_cache,
             )
         head = output.head
         with timed(timer, "tracker"):
@@ -159,11 +172,17 @@ class VideoPredictor:
             instances = update(state.tracker, detections, head.query_features[0].float(),
                                state.frame_index, self.config.tracker)
         state.cache = output.backbone.cache
+        state.reuse_cache = output.reuse_cache
         state.tracks.add(instances)
         pruning = self._pruning_masks(output.backbone, geometry) if state.record_masks else None
-        instances.stats = FrameStats(output.backbone.tokens_per_block, grid[0] * grid[1],
-                                     output.backbone.map_candidates, geometry.padded_size, num_track_queries,
-                                     pruning)
+        stats_args = (output.backbone.tokens_per_block, grid[0] * grid[1], output.backbone.map_candidates,
+                      geometry.padded_size, num_track_queries, pruning)
+        if output.reuse is None:
+            instances.stats = FrameStats(*stats_args)
+        else:
+            instances.stats = ReuseFrameStats(*stats_args, encoder_queries=output.reuse.computed,
+                                              reuse_refreshed=output.reuse.refreshed,
+                                              reuse_change=output.reuse.change)
         state.frame_index += 1
         return instances
 

@@ -30,6 +30,7 @@ from vppcli.errors import InputError, ResourceError, UsageError
 from vppcli.inference import VideoPredictor
 from vppcli.limits import check_keep_ratio
 from vppcli.model.rovis import VppModel
+from vppcli.model.temporal_reuse import TemporalReuse
 from vppcli.model.tracker import TrackAccumulator
 from vppcli.outputs import OverlayWriter, finish_and_commit, needs_pruning_masks, open_writers, output_names
 from vppcli.outputs.base import FrameRecord, OutputWriter, VideoMeta
@@ -119,19 +120,21 @@ class Segmenter:
         device / dtype / long_side / reference_noise / seed: see `VideoPredictor`.
         record_pruning: every frame's per-block keep masks in `instances.stats.pruning` (the
             pruning formats turn this on for their video by themselves).
+        temporal_prior / reuse: see `VideoPredictor` (reuse: sparse temporal reuse in the pixel
+            decoder, None = off).
     """
 
     def __init__(self, model: VppModel, *, keep_ratio: float | None = None, score_threshold: float = 0.0,
                  classes: Sequence[str] | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, long_side: int | None = None,
                  reference_noise: bool = False, seed: int = 0, record_pruning: bool = False,
-                 temporal_prior: bool = True) -> None:
+                 temporal_prior: bool = True, reuse: TemporalReuse | None = None) -> None:
         check_keep_ratio(keep_ratio, model.config)
         if not 0.0 <= score_threshold <= 1.0:
             raise UsageError(f"--score-threshold must be in [0, 1], got {score_threshold}")
         try:
             self.predictor = VideoPredictor(model, keep_ratio, reference_noise, seed, device, dtype, long_side,
-                                            record_pruning, temporal_prior)
+                                            record_pruning, temporal_prior, reuse)
         except ValueError as error:
             raise UsageError(str(error)) from None
         self.score_threshold = score_threshold

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from vppcli.cli.app import DType, Device, app, fail, fail_with, resolve_device, stdout
-from vppcli.cli.options import DeviceOption, KeepRatio, Preset, Threads, Verbose
+from vppcli.cli.app import Device, DType, app, fail, fail_with, resolve_device, stdout
+from vppcli.cli.options import DeviceOption, KeepRatio, Preset, ReuseBudget, Threads, Verbose
 from vppcli.errors import VppError
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ def bench(
     size: Annotated[str, typer.Option(
         help="Network input HEIGHTxWIDTH (multiples of 32), or a long side N for 16:9.")] = "544x960",
     keep_ratio: KeepRatio = None,
+    reuse: ReuseBudget = None,
     frames: Annotated[int, typer.Option(min=1, help="Timed frames per run.")] = 8,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed frames before timing (frame 0 included).")] = 2,
     threads: Threads = None,
@@ -41,7 +42,8 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Time dense vs pruned inference per component, with tokens, keep ratio, GFLOPs and memory."""
+    """Time dense vs pruned inference per component, with tokens, keep ratio, GFLOPs and memory
+    (and pruned with temporal reuse in the pixel decoder, with --reuse)."""
     import torch
 
     from vppcli.bench import run_benchmark
@@ -58,7 +60,7 @@ def bench(
     torch_device = resolve_device(device)
     try:
         report = run_benchmark(preset.value, (height, width), keep_ratio, frames, warmup, dtype.resolve(torch_device),
-                               torch_device)
+                               torch_device, reuse_budgets=() if reuse is None else (reuse,))
     except ValueError as error:
         raise fail(str(error)) from None
     if as_json:
@@ -73,25 +75,33 @@ def _ms_rate(run: RunReport, name: str) -> str:
     return f"{ms:.1f}" if rate is None else f"{ms:.1f} ({rate:.1f})"
 
 
+def _column(run: RunReport) -> str:
+    if run.label == "dense":
+        return "dense"
+    ratio = run.keep_ratio if run.keep_ratio is not None else "native"
+    return f"pruned (r={ratio})" if run.reuse_budget is None else f"+ reuse {run.reuse_budget:g}"
+
+
 def _print_bench(report: BenchReport) -> None:
-    dense, pruned = report.runs
+    runs = report.runs
+    dense = runs[0]
     title = (f"vpp bench: {report.preset} {report.size[0]}x{report.size[1]}, {report.dtype}, {report.device}, "
              f"{report.threads} threads, {report.frames} frames")
     table = Table(title=title)
     table.add_column("")
-    table.add_column("dense", justify="right")
-    table.add_column(f"pruned (r={pruned.keep_ratio if pruned.keep_ratio is not None else 'native'})",
-                     justify="right")
-    table.add_row("ms / frame (GFLOP/s)", _ms_rate(dense, "total"), _ms_rate(pruned, "total"))
+    for run in runs:
+        table.add_column(_column(run), justify="right")
+    table.add_row("ms / frame (GFLOP/s)", *(_ms_rate(run, "total") for run in runs))
     for name in dense.component_ms:
-        table.add_row(f"  {name}", _ms_rate(dense, name), _ms_rate(pruned, name))
-    table.add_row("realised keep ratio", f"{dense.realised_keep_ratio:.3f}", f"{pruned.realised_keep_ratio:.3f}")
-    table.add_row("tokens per block", " ".join(f"{t:g}" for t in dense.tokens_per_block),
-                  " ".join(f"{t:g}" for t in pruned.tokens_per_block))
-    for name in ("vit_blocks", "backbone", "head", "total"):
-        table.add_row(f"GFLOPs {name}", f"{dense.gflops[name]:.2f}", f"{pruned.gflops[name]:.2f}")
-    table.add_row(f"peak memory MB ({dense.peak_memory_kind})", f"{dense.peak_memory_mb:.0f}",
-                  f"{pruned.peak_memory_mb:.0f}")
+        table.add_row(f"  {name}", *(_ms_rate(run, name) for run in runs))
+    table.add_row("realised keep ratio", *(f"{run.realised_keep_ratio:.3f}" for run in runs))
+    table.add_row("tokens per block", *(" ".join(f"{t:g}" for t in run.tokens_per_block) for run in runs))
+    if len(runs) > 2:
+        table.add_row("encoder queries recomputed", *(f"{run.encoder_query_ratio:.3f}" for run in runs))
+        table.add_row("dense refreshes (timed frames)", *(str(run.refreshes) for run in runs))
+    for name in ("vit_blocks", "adapter", "pixel_decoder", "backbone", "head", "total"):
+        table.add_row(f"GFLOPs {name}", *(f"{run.gflops[name]:.2f}" for run in runs))
+    table.add_row(f"peak memory MB ({dense.peak_memory_kind})", *(f"{run.peak_memory_mb:.0f}" for run in runs))
     stdout.print(table)
     matmul = report.matmul_gflops_per_s[report.dtype]
     stdout.print(
@@ -111,3 +121,8 @@ def _print_bench(report: BenchReport) -> None:
         f"(FLOPs ratio {ratios['vit_flops_ratio']:.3f}); whole model: {ratios['model_speedup']:.2f}x faster, "
         f"FLOPs-ideal {ratios['model_flops_speedup']:.2f}x"
     )
+    for run in runs[2:]:
+        stdout.print(
+            f"{_column(run)}: whole model {ratios[f'{run.label}_model_speedup']:.2f}x faster than dense, "
+            f"FLOPs-ideal {ratios[f'{run.label}_model_flops_speedup']:.2f}x"
+        )

@@ -58,3 +58,18 @@ PresetOption = Annotated[Preset | None, typer.Option(
     "--preset", help="A preset architecture with random weights instead of --weights; for testing only.",
     show_default=False)]
 ScoreThreshold = Annotated[float, typer.Option(min=0.0, max=1.0, help="Drop instances scoring below this.")]
+
+
+def _reuse_budget(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"the reuse budget must be in (0, 1], got {value}")
+    return value
+
+
+ReuseBudget = Annotated[float | None, typer.Option(
+    "--reuse", callback=_reuse_budget, metavar="BUDGET",
+    help="Sparse temporal reuse in the pixel decoder: recompute at most this fraction (0 to 1] of its "
+    "encoder tokens per frame (those the ViT keeps, then those changed by 5 % or more, most changed "
+    "first) and reuse the previous frame's elsewhere; a dense refresh every 16 frames and after a "
+    "shot cut.",
+    show_default="off")]

@@ -29,6 +29,7 @@ from vppcli.cli.options import (
     KeepRatio,
     PresetOption,
     Quiet,
+    ReuseBudget,
     ScoreThreshold,
     Size,
     Threads,
@@ -87,6 +88,7 @@ class ModelSettings:
     long_side: int | None
     reference_noise: bool
     seed: int
+    reuse: float | None = None  # temporal-reuse budget, None = off
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ def segment(
     weights: Weights = None,
     preset: PresetOption = None,
     keep_ratio: KeepRatio = None,
+    reuse: ReuseBudget = None,
     score_threshold: ScoreThreshold = 0.0,
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names to keep.",
                                                 show_default="all")] = None,
@@ -179,7 +182,7 @@ def segment(
 
         video = VideoSettings(chosen, FrameSelection(start, max_frames, stride), backend.value, fps, quiet)
         model = ModelSettings(weights, preset.value if preset else None, dtype, threads, keep_ratio, score_threshold,
-                              class_names, long_side, reference_noise, seed)
+                              class_names, long_side, reference_noise, seed, reuse)
     except VppError as error:
         raise fail_with(error) from None
 
@@ -258,6 +261,7 @@ def _rank_main(rank: Rank, job: ShardJob) -> list[ShardOutcome] | None:
 def _segmenter(model: ModelSettings, device: torch.device) -> Segmenter:
     import torch
 
+    from vppcli.model.temporal_reuse import TemporalReuse
     from vppcli.segmenter import Segmenter
 
     if model.threads is not None:
@@ -265,7 +269,8 @@ def _segmenter(model: ModelSettings, device: torch.device) -> Segmenter:
     loaded = _load_model(model.weights, model.preset, device)
     return Segmenter(loaded, keep_ratio=model.keep_ratio, score_threshold=model.score_threshold,
                      classes=model.classes, device=device, dtype=model.dtype.resolve(device),
-                     long_side=model.long_side, reference_noise=model.reference_noise, seed=model.seed)
+                     long_side=model.long_side, reference_noise=model.reference_noise, seed=model.seed,
+                     reuse=None if model.reuse is None else TemporalReuse(budget=model.reuse))
 
 
 def _report(outcome: RunOutcome, quiet: bool, json_summary: bool) -> None:

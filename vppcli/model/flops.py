@@ -2,7 +2,8 @@
 and deformable sampling; norms, activations and softmax are ignored, as is customary).
 
 The ViT blocks are counted on the tokens they actually processed, so pruning shows up here
-exactly as it does in the compute.
+exactly as it does in the compute; so are the pixel decoder's encoder queries under temporal
+reuse (the value projection of every layer still runs on all tokens).
 """
 
 from __future__ import annotations
@@ -60,18 +61,23 @@ def _conv_macs(out_pixels: int, in_ch: int, out_ch: int, kernel: int, groups: in
 
 
 def _msda_macs(num_queries: int, num_values: int, dim: int, heads: int, levels: int, points: int) -> int:
+    """Query projections (offsets, weights, output) on `num_queries`, value projection on
+    `num_values`, and the bilinear sampling of every query."""
     projections = num_queries * dim * (heads * levels * points * 3) + num_values * dim * dim + num_queries * dim * dim
     return projections + num_queries * levels * points * dim * _SAMPLE_MACS
 
 
 def frame_flops(config: VppConfig, padded_size: tuple[int, int], tokens_per_block: list[int],
-                num_track_queries: int = 0, map_candidates: int | None = None) -> FrameFlops:
+                num_track_queries: int = 0, map_candidates: int | None = None,
+                encoder_queries: int | None = None) -> FrameFlops:
     """
     Args:
         padded_size: (Hp, Wp) network input.
         tokens_per_block: tokens each ViT block processed.
         num_track_queries: K track queries appended to the static ones.
         map_candidates: previous-frame tokens the Map-SM compared against (None: it did not run).
+        encoder_queries: pixel-decoder encoder queries recomputed per layer (temporal reuse;
+            None = all).
     """
     vit, adapter, head = config.vit, config.adapter, config.head
     dim = vit.embed_dim
@@ -113,12 +119,13 @@ def frame_flops(config: VppConfig, padded_size: tuple[int, int], tokens_per_bloc
 
     channels = head.feat_channels
     encoder_tokens = s32 + s16 + s8
+    computed = encoder_tokens if encoder_queries is None else encoder_queries
     pixel_decoder = (
         encoder_tokens * dim * channels
         + head.num_encoder_layers * (
-            _msda_macs(encoder_tokens, encoder_tokens, channels, head.num_encoder_heads,
+            _msda_macs(computed, encoder_tokens, channels, head.num_encoder_heads,
                        head.num_feature_levels, head.num_encoder_points)
-            + encoder_tokens * 2 * channels * head.encoder_ffn_dim
+            + computed * 2 * channels * head.encoder_ffn_dim
         )
         + s4 * dim * channels + _conv_macs(s4, channels, channels, 3) + s4 * channels * channels
     )

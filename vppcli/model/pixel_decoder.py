@@ -16,6 +16,17 @@ from torch import Tensor, nn
 from vppcli.config import HeadConfig
 from vppcli.model.deform_attn import MSDeformAttn
 from vppcli.model.position_encoding import sine_position_encoding
+from vppcli.model.temporal_reuse import (
+    EncoderCache,
+    ReuseOutcome,
+    TemporalReuse,
+    gather_rows,
+    kept_encoder_tokens,
+    needs_refresh,
+    relative_change,
+    scatter_rows,
+    select_queries,
+)
 
 
 class FFN(nn.Module):
@@ -75,6 +86,16 @@ class DeformableEncoderLayer(nn.Module):
         query = self.norm1(query + attended)
         return self.norm2(query + self.ffn(query))
 
+    def forward_rows(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
+                     spatial_shapes: list[tuple[int, int]], indices: Tensor) -> Tensor:
+        """The layer for the queries `indices` [M] alone (batch 1): [1, M, C]. The attention's
+        values are the whole map `query` [1, N, C]; the other arguments as in `forward`."""
+        rows = gather_rows(query, indices)
+        attended = self.self_attn(rows + gather_rows(query_pos, indices), gather_rows(reference_points, indices),
+                                  query, spatial_shapes)
+        rows = self.norm1(rows + attended)
+        return self.norm2(rows + self.ffn(rows))
+
 
 class DeformableEncoder(nn.Module):
     """Stack of `DeformableEncoderLayer`s (no final norm: the layers are post-norm)."""
@@ -99,6 +120,23 @@ class DeformableEncoder(nn.Module):
         for layer in self.layers:
             query = layer(query, query_pos, reference_points, spatial_shapes)
         return query
+
+    def forward_layers(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
+                       spatial_shapes: list[tuple[int, int]], indices: Tensor | None = None,
+                       previous: list[Tensor] | None = None) -> list[Tensor]:
+        """Every layer's output [1, N, C] (the temporal-reuse cache). With `indices` [M], only those
+        queries are recomputed and the others are taken from `previous` (each layer's output on
+        the previous frame); without, all are (the same arithmetic as `forward`)."""
+        outputs = []
+        for index, layer in enumerate(self.layers):
+            if indices is None:
+                query = layer(query, query_pos, reference_points, spatial_shapes)
+            else:
+                assert previous is not None
+                rows = layer.forward_rows(query, query_pos, reference_points, spatial_shapes, indices)
+                query = scatter_rows(previous[index], indices, rows)
+            outputs.append(query)
+        return outputs
 
 
 def pixel_centres(spatial_shapes: Sequence[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -152,6 +190,53 @@ class MSDeformAttnPixelDecoder(nn.Module):
             memories: encoder maps [[B, C, H/32, W/32], [B, C, H/16, W/16], [B, C, H/8, W/8]]
                 (coarsest first, the order the transformer decoder cycles through).
         """
+        query, query_pos, spatial_shapes = self._encoder_inputs(features)
+        reference_points = pixel_centres(spatial_shapes, query.device, query.dtype)
+        memory = self.encoder(query, query_pos, reference_points, spatial_shapes)
+        return self._outputs(features, memory, spatial_shapes)
+
+    def forward_reuse(self, features: Sequence[Tensor], settings: TemporalReuse, cache: EncoderCache | None,
+                      keep_mask: Tensor | None, grid: tuple[int, int]
+                      ) -> tuple[Tensor, list[Tensor], EncoderCache, ReuseOutcome]:
+        """`forward` with sparse temporal reuse in the deformable encoder (batch 1).
+
+        Args:
+            features: as in `forward`.
+            settings: the mode's budget and thresholds.
+            cache: the previous frame's encoder states (None: a video's first frame).
+            keep_mask: [1, H*W] bool patches the last ViT block processed (None = all).
+            grid: (H, W) the stride-16 patch grid.
+        Returns:
+            mask_features and memories as in `forward`, the cache for the next frame, and what was
+            recomputed.
+        """
+        query, query_pos, spatial_shapes = self._encoder_inputs(features)
+        if query.shape[0] != 1:
+            raise ValueError("temporal reuse streams one frame at a time (batch 1)")
+        reference_points = pixel_centres(spatial_shapes, query.device, query.dtype)
+        total = query.shape[1]
+        usable = cache is not None and cache.spatial_shapes == spatial_shapes
+        change = relative_change(query, cache.reference) if usable else None
+        mean_change = float(change.mean()) if change is not None else None
+        if change is None or needs_refresh(cache, spatial_shapes, mean_change, settings):
+            outputs = self.encoder.forward_layers(query, query_pos, reference_points, spatial_shapes)
+            new_cache = EncoderCache(query, outputs, spatial_shapes, age=0)
+            outcome = ReuseOutcome(total, total, True, mean_change if mean_change is not None else 0.0)
+        else:
+            assert cache is not None and mean_change is not None
+            kept = kept_encoder_tokens(keep_mask, grid, spatial_shapes)
+            indices = select_queries(change, kept, settings)
+            outputs = self.encoder.forward_layers(query, query_pos, reference_points, spatial_shapes, indices,
+                                                  cache.layer_outputs)
+            reference = scatter_rows(cache.reference, indices, gather_rows(query, indices))
+            new_cache = EncoderCache(reference, outputs, spatial_shapes, age=cache.age + 1)
+            outcome = ReuseOutcome(int(indices.numel()), total, False, mean_change)
+        mask_features, memories = self._outputs(features, outputs[-1], spatial_shapes)
+        return mask_features, memories, new_cache, outcome
+
+    def _encoder_inputs(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """The encoder's tokens [B, N, C] and positional + level encodings [B, N, C] of all levels
+        (coarsest first), and the levels' (H_l, W_l)."""
         if len(features) != self.num_levels + 1:
             raise ValueError(f"expected {self.num_levels + 1} feature maps, got {len(features)}")
         encoder_inputs = features[::-1][: self.num_levels]  # coarsest first
@@ -164,10 +249,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
             tokens.append(projected.flatten(2).transpose(1, 2))
             positions.append(pos.flatten(2).transpose(1, 2))
             spatial_shapes.append((height, width))
-        query = torch.cat(tokens, dim=1)
-        reference_points = pixel_centres(spatial_shapes, query.device, query.dtype)
-        memory = self.encoder(query, torch.cat(positions, dim=1), reference_points, spatial_shapes)
+        return torch.cat(tokens, dim=1), torch.cat(positions, dim=1), spatial_shapes
 
+    def _outputs(self, features: Sequence[Tensor], memory: Tensor, spatial_shapes: list[tuple[int, int]]
+                 ) -> tuple[Tensor, list[Tensor]]:
+        """The encoder output [B, N, C] split into maps, and the FPN step (see `forward`)."""
+        batch, _, channels = memory.shape
         # Memories and the FPN step stay channels-last: a level's tokens [B, H*W, C] *are* an
         # NHWC map, so the memories are views (no transpose copy per level), the decoder's
         # flatten(2).transpose(1, 2) of them is a view again, and oneDNN runs the stride-4 3x3

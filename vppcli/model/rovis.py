@@ -16,13 +16,19 @@ from vppcli.config import VppConfig
 from vppcli.model.backbone import BackboneOutput, SelectiveViTAdapter, TemporalCache
 from vppcli.model.mask2former import HeadOutput, Mask2FormerHead
 from vppcli.model.pruning import PruningPlan
+from vppcli.model.temporal_reuse import EncoderCache, ReuseOutcome, TemporalReuse
 from vppcli.profiling import SectionTimer, timed
 
 
 @dataclass
 class FrameOutput:
+    """reuse_cache / reuse: the pixel-decoder states for the next frame and what was recomputed,
+    with temporal reuse on (else None)."""
+
     head: HeadOutput
     backbone: BackboneOutput
+    reuse_cache: EncoderCache | None = None
+    reuse: ReuseOutcome | None = None
 
 
 class VppModel(nn.Module):
@@ -41,6 +47,8 @@ class VppModel(nn.Module):
         prior: Tensor | None = None,
         timer: SectionTimer | None = None,
         return_intermediate: bool = False,
+        reuse: TemporalReuse | None = None,
+        reuse_cache: EncoderCache | None = None,
     ) -> FrameOutput:
         """
         Args:
@@ -51,13 +59,23 @@ class VppModel(nn.Module):
             prior: [N, N] Map-SM distance prior for this grid (computed if None).
             timer: optional per-component timer.
             return_intermediate: keep every decoder layer's prediction (training).
+            reuse: sparse temporal reuse in the pixel decoder (None = off, the dense decoder);
+                it reads the last ViT block's keep mask, so `plan.record_masks` should be set.
+            reuse_cache: the previous frame's pixel-decoder states (None: refresh densely).
         """
         backbone = self.backbone(images, cache, plan, prior, timer)
+        new_reuse_cache = outcome = None
         with timed(timer, "pixel_decoder"):
-            mask_features, memories = self.head.pixel_decoder(backbone.features)
+            if reuse is None:
+                mask_features, memories = self.head.pixel_decoder(backbone.features)
+            else:
+                keep_mask = backbone.block_masks[-1] if backbone.block_masks else None
+                grid = (images.shape[-2] // self.config.vit.patch_size, images.shape[-1] // self.config.vit.patch_size)
+                mask_features, memories, new_reuse_cache, outcome = self.head.pixel_decoder.forward_reuse(
+                    backbone.features, reuse, reuse_cache, keep_mask, grid)
         with timed(timer, "transformer_decoder"):
             head = self.head.decode_queries(mask_features, memories, track_queries, return_intermediate)
-        return FrameOutput(head, backbone)
+        return FrameOutput(head, backbone, new_reuse_cache, outcome)
 
 
 def build_model(config: VppConfig, seed: int | None = None) -> VppModel:
