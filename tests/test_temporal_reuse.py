@@ -14,11 +14,13 @@ from vppcli.inference import VideoPredictor
 from vppcli.model.flops import frame_flops
 from vppcli.model.mask2former import HeadOutput
 from vppcli.model.rovis import VppModel, build_model
-from vppcli.model.temporal_reuse import TemporalReuse, kept_encoder_tokens, relative_change, select_queries
+from vppcli.model.temporal_reuse import TemporalReuse, kept_on_grids, relative_change, select_queries
+from vppcli.model.tile_conv import conv_tiles, scatter_tiles, take_tiles
 from vppcli.results import FrameStats
 
 LONG_SIDE = 96  # 64x96 frames: a 4x6 patch grid, 6 + 24 + 96 = 126 encoder tokens
 ENCODER_TOKENS = 126
+FPN_TILES = 2 * 3  # 8x8-pixel tiles of the 16x24 stride-4 map
 NEVER = 10_000  # a refresh period longer than any clip here
 
 
@@ -90,12 +92,17 @@ def test_small_budget_computes_fewer_queries_and_flops(model, monkeypatch):
         dense_flops = frame_flops(config, dense_frame.padded_size, dense_frame.tokens_per_block)
         flops = frame_flops(config, frame.padded_size, frame.tokens_per_block,
                             encoder_queries=frame.encoder_queries)
-        none = frame_flops(config, frame.padded_size, frame.tokens_per_block, encoder_queries=0)
         assert flops.pixel_decoder < dense_flops.pixel_decoder
-        # the per-query work (all but the value projections and the FPN) scales with the queries
-        saved = (dense_flops.pixel_decoder - flops.pixel_decoder) / (dense_flops.pixel_decoder - none.pixel_decoder)
-        assert saved == pytest.approx(1 - frame.encoder_queries / ENCODER_TOKENS)
         assert flops.backbone == dense_flops.backbone
+        # the per-query work (all but the value projections) scales with the queries computed
+        encoder = frame_flops(config, frame.padded_size, frame.tokens_per_block, encoder_queries=frame.encoder_queries)
+        none = frame_flops(config, frame.padded_size, frame.tokens_per_block, encoder_queries=0)
+        saved = (dense_flops.pixel_decoder - encoder.pixel_decoder) / (dense_flops.pixel_decoder - none.pixel_decoder)
+        assert saved == pytest.approx(1 - frame.encoder_queries / ENCODER_TOKENS)
+        # and the FPN convolution with its pixels: whole tiles, at most the budget's share of them
+        assert frame.fpn_pixels % 64 == 0 and 0 < frame.fpn_pixels <= int(0.25 * FPN_TILES) * 64
+        fpn = frame_flops(config, frame.padded_size, frame.tokens_per_block, fpn_pixels=frame.fpn_pixels)
+        assert fpn.pixel_decoder < dense_flops.pixel_decoder
     dense_meter, meter = EfficiencyMeter(), EfficiencyMeter()
     for dense_frame, frame in zip(dense_stats, stats):
         dense_meter.add_frame(config, dense_frame)
@@ -123,7 +130,9 @@ def test_state_is_bounded_and_reset_clears_it(model):
         sizes.append(state.num_bytes())
     assert state.reuse_cache is not None
     channels, layers = model.config.head.feat_channels, model.config.head.num_encoder_layers
-    assert state.reuse_cache.num_bytes() == (1 + layers) * ENCODER_TOKENS * channels * 4  # one frame's states
+    fpn_pixels = FPN_TILES * 64
+    # one frame's states: the encoder's input and layer outputs, the FPN convolution's input and output
+    assert state.reuse_cache.num_bytes() == ((1 + layers) * ENCODER_TOKENS + 2 * fpn_pixels) * channels * 4
     assert len(set(sizes[1:])) == 1  # nothing grows with the video
     state.reset()
     assert state.reuse_cache is None
@@ -146,13 +155,13 @@ def test_shot_cut_refreshes_the_frame_after_the_cut(model, monkeypatch):
 def test_keep_mask_maps_to_the_encoder_levels():
     keep = torch.zeros(1, 4 * 6, dtype=torch.bool)
     keep[0, 0] = True  # the top-left patch
-    kept = kept_encoder_tokens(keep, (4, 6), [(2, 3), (4, 6), (8, 12)])
+    kept = kept_on_grids(keep, (4, 6), [(2, 3), (4, 6), (8, 12)])
     assert kept is not None and kept.shape == (6 + 24 + 96,)
     s32, s16, s8 = kept.split([6, 24, 96])
     assert s32.view(2, 3)[0, 0] and s32.sum() == 1
     assert s16.view(4, 6)[0, 0] and s16.sum() == 1
     assert s8.view(8, 12)[:2, :2].all() and s8.sum() == 4
-    assert kept_encoder_tokens(None, (4, 6), [(2, 3), (4, 6), (8, 12)]) is None
+    assert kept_on_grids(None, (4, 6), [(2, 3), (4, 6), (8, 12)]) is None
 
 
 def test_selection_prefers_kept_tokens_then_the_most_changed():
@@ -164,6 +173,23 @@ def test_selection_prefers_kept_tokens_then_the_most_changed():
     # without a cap every candidate is recomputed, and nothing below the threshold is
     assert select_queries(change, kept, TemporalReuse(budget=1.0, change_threshold=0.1)).tolist() == [0, 1, 2, 3, 5]
     assert select_queries(change, None, TemporalReuse(budget=1.0, change_threshold=0.0)).numel() == 6
+
+
+@pytest.mark.parametrize("indices", [[0, 1, 2, 3, 4, 5], [1, 4]])
+def test_tile_convolution_is_the_dense_convolution_on_its_tiles(indices):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1, bias=False)
+    inputs, previous = torch.randn(1, 5, 16, 24), torch.randn(1, 7, 16, 24)
+    chosen = torch.tensor(indices)
+    out = scatter_tiles(previous, 8, chosen, conv_tiles(conv, inputs, 8, chosen))
+    dense = conv(inputs)
+    tile_mask = torch.zeros(6, dtype=torch.bool)
+    tile_mask[chosen] = True
+    pixels = tile_mask.view(1, 1, 2, 3).repeat_interleave(8, 2).repeat_interleave(8, 3).expand_as(out)
+    torch.testing.assert_close(out[pixels], dense[pixels])
+    assert torch.equal(out[~pixels], previous[~pixels])
+    torch.testing.assert_close(take_tiles(inputs, 8, chosen)[-1], inputs[0, :, 8 * (indices[-1] // 3):][:, :8,
+                               8 * (indices[-1] % 3):][:, :, :8])
 
 
 def test_change_is_scale_free_and_zero_for_the_same_input():

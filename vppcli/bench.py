@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vppcli.config import preset
-from vppcli.efficiency import ReuseFrameStats, encoder_queries_of
+from vppcli.efficiency import ReuseFrameStats, reuse_counts
 from vppcli.inference import VideoPredictor
 from vppcli.kernel_bench import compare_deform_attn, matmul_gflops
 from vppcli.model.flops import frame_flops
@@ -51,6 +51,7 @@ class RunReport:
     gflops_per_s: dict[str, float] = field(default_factory=dict)  # achieved, per component and "total"
     reuse_budget: float | None = None  # temporal reuse in the pixel decoder (None = off)
     encoder_query_ratio: float = 1.0  # mean fraction of encoder queries recomputed per layer
+    fpn_pixel_ratio: float = 1.0  # mean fraction of stride-4 pixels the FPN convolution computed
     refreshes: int = 0  # dense pixel-decoder frames among the timed ones (temporal reuse)
 
 
@@ -128,8 +129,9 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
     tokens = np.zeros(model.config.vit.depth)
     flops_total: dict[str, float] = {}
     num_tokens = 0
-    encoder_fraction, refreshes = 0.0, 0
-    encoder_tokens = sum((frames[0].shape[0] // s) * (frames[0].shape[1] // s) for s in (8, 16, 32))
+    encoder_fraction, fpn_fraction, refreshes = 0.0, 0.0, 0
+    height, width = frames[0].shape[:2]
+    encoder_tokens = sum((height // s) * (width // s) for s in (8, 16, 32))
     for index, frame in enumerate(frames):
         frame_timer = timer if index >= warmup else None
         with timed(frame_timer, "total"):
@@ -140,12 +142,13 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
         assert stats is not None
         tokens += stats.tokens_per_block
         num_tokens = stats.num_tokens
-        encoder_queries = encoder_queries_of(stats)
+        encoder_queries, fpn_pixels = reuse_counts(stats)
         encoder_fraction += 1.0 if encoder_queries is None else encoder_queries / encoder_tokens
+        fpn_fraction += 1.0 if fpn_pixels is None else fpn_pixels / ((height // 4) * (width // 4))
         refreshes += int(isinstance(stats, ReuseFrameStats) and stats.reuse_refreshed)
         for name, value in frame_flops(model.config, stats.padded_size, stats.tokens_per_block,
                                        stats.num_track_queries, stats.map_candidates,
-                                       encoder_queries).as_gflops().items():
+                                       encoder_queries, fpn_pixels).as_gflops().items():
             flops_total[name] = flops_total.get(name, 0.0) + value
     measured = len(frames) - warmup
     mean_tokens = tokens / measured
@@ -166,6 +169,7 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
         gflops_per_s=achieved_rates(component_ms, ms_per_frame, gflops),
         reuse_budget=None if reuse is None else reuse.budget,
         encoder_query_ratio=encoder_fraction / measured,
+        fpn_pixel_ratio=fpn_fraction / measured,
         refreshes=refreshes,
     )
 

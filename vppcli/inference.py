@@ -28,7 +28,7 @@ from vppcli.model.backbone import BackboneOutput, TemporalCache
 from vppcli.model.postprocess import detections_from_predictions
 from vppcli.model.pruning import PruningPlan, distance_prior, image_based_fractions, keep_budgets
 from vppcli.model.rovis import VppModel
-from vppcli.model.temporal_reuse import EncoderCache, TemporalReuse
+from vppcli.model.temporal_reuse import PixelDecoderCache, TemporalReuse
 from vppcli.model.tracker import TrackAccumulator, TrackerState, track_queries, update
 from vppcli.preprocess import FrameGeometry, preprocess_frame
 from vppcli.profiling import SectionTimer, timed
@@ -48,7 +48,7 @@ class VideoState:
     generator: torch.Generator | None = None  # reference-noise mode only
     seed: int | None = None
     record_masks: bool = False  # a setting of the video: hand out each frame's keep masks
-    reuse_cache: EncoderCache | None = None  # pixel-decoder states of the previous frame (temporal reuse)
+    reuse_cache: PixelDecoderCache | None = None  # pixel-decoder states of the previous frame (temporal reuse)
 
     def reset(self) -> None:
         """Forget the video: the next frame is a first frame (and the noise restarts)."""
@@ -181,6 +181,7 @@ class VideoPredictor:
             instances.stats = FrameStats(*stats_args)
         else:
             instances.stats = ReuseFrameStats(*stats_args, encoder_queries=output.reuse.computed,
+                                              fpn_pixels=output.reuse.fpn_pixels,
                                               reuse_refreshed=output.reuse.refreshed,
                                               reuse_change=output.reuse.change)
         state.frame_index += 1

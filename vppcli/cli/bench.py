@@ -98,6 +98,7 @@ def _print_bench(report: BenchReport) -> None:
     table.add_row("tokens per block", *(" ".join(f"{t:g}" for t in run.tokens_per_block) for run in runs))
     if len(runs) > 2:
         table.add_row("encoder queries recomputed", *(f"{run.encoder_query_ratio:.3f}" for run in runs))
+        table.add_row("FPN conv pixels computed", *(f"{run.fpn_pixel_ratio:.3f}" for run in runs))
         table.add_row("dense refreshes (timed frames)", *(str(run.refreshes) for run in runs))
     for name in ("vit_blocks", "adapter", "pixel_decoder", "backbone", "head", "total"):
         table.add_row(f"GFLOPs {name}", *(f"{run.gflops[name]:.2f}" for run in runs))

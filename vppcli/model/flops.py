@@ -2,8 +2,9 @@
 and deformable sampling; norms, activations and softmax are ignored, as is customary).
 
 The ViT blocks are counted on the tokens they actually processed, so pruning shows up here
-exactly as it does in the compute; so are the pixel decoder's encoder queries under temporal
-reuse (the value projection of every layer still runs on all tokens).
+exactly as it does in the compute; so are the pixel decoder's encoder queries and its FPN
+convolution's pixels under temporal reuse (the encoder's value projections, the 1x1 convolutions
+and the norms still run on every token and pixel).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _msda_macs(num_queries: int, num_values: int, dim: int, heads: int, levels: 
 
 def frame_flops(config: VppConfig, padded_size: tuple[int, int], tokens_per_block: list[int],
                 num_track_queries: int = 0, map_candidates: int | None = None,
-                encoder_queries: int | None = None) -> FrameFlops:
+                encoder_queries: int | None = None, fpn_pixels: int | None = None) -> FrameFlops:
     """
     Args:
         padded_size: (Hp, Wp) network input.
@@ -78,6 +79,7 @@ def frame_flops(config: VppConfig, padded_size: tuple[int, int], tokens_per_bloc
         map_candidates: previous-frame tokens the Map-SM compared against (None: it did not run).
         encoder_queries: pixel-decoder encoder queries recomputed per layer (temporal reuse;
             None = all).
+        fpn_pixels: stride-4 pixels the FPN's 3x3 convolution computed (temporal reuse; None = all).
     """
     vit, adapter, head = config.vit, config.adapter, config.head
     dim = vit.embed_dim
@@ -127,7 +129,8 @@ def frame_flops(config: VppConfig, padded_size: tuple[int, int], tokens_per_bloc
                        head.num_feature_levels, head.num_encoder_points)
             + computed * 2 * channels * head.encoder_ffn_dim
         )
-        + s4 * dim * channels + _conv_macs(s4, channels, channels, 3) + s4 * channels * channels
+        + s4 * dim * channels + _conv_macs(s4 if fpn_pixels is None else fpn_pixels, channels, channels, 3)
+        + s4 * channels * channels
     )
 
     queries = head.num_queries + num_track_queries

@@ -17,16 +17,18 @@ from vppcli.config import HeadConfig
 from vppcli.model.deform_attn import MSDeformAttn
 from vppcli.model.position_encoding import sine_position_encoding
 from vppcli.model.temporal_reuse import (
-    EncoderCache,
+    FPN_TILE,
+    PixelDecoderCache,
     ReuseOutcome,
     TemporalReuse,
     gather_rows,
-    kept_encoder_tokens,
+    kept_on_grids,
     needs_refresh,
     relative_change,
     scatter_rows,
     select_queries,
 )
+from vppcli.model.tile_conv import conv_tiles, scatter_tiles, take_tiles, tile_change, tile_grid
 
 
 class FFN(nn.Module):
@@ -195,44 +197,74 @@ class MSDeformAttnPixelDecoder(nn.Module):
         memory = self.encoder(query, query_pos, reference_points, spatial_shapes)
         return self._outputs(features, memory, spatial_shapes)
 
-    def forward_reuse(self, features: Sequence[Tensor], settings: TemporalReuse, cache: EncoderCache | None,
+    def forward_reuse(self, features: Sequence[Tensor], settings: TemporalReuse, cache: PixelDecoderCache | None,
                       keep_mask: Tensor | None, grid: tuple[int, int]
-                      ) -> tuple[Tensor, list[Tensor], EncoderCache, ReuseOutcome]:
-        """`forward` with sparse temporal reuse in the deformable encoder (batch 1).
+                      ) -> tuple[Tensor, list[Tensor], PixelDecoderCache, ReuseOutcome]:
+        """`forward` with sparse temporal reuse in the deformable encoder and the FPN convolution
+        (batch 1; see `vppcli.model.temporal_reuse`).
 
         Args:
             features: as in `forward`.
             settings: the mode's budget and thresholds.
-            cache: the previous frame's encoder states (None: a video's first frame).
+            cache: the previous frame's states (None: a video's first frame).
             keep_mask: [1, H*W] bool patches the last ViT block processed (None = all).
             grid: (H, W) the stride-16 patch grid.
         Returns:
-            mask_features and memories as in `forward`, the cache for the next frame, and what was
-            recomputed.
+            mask_features and memories as in `forward`, the states for the next frame, and what
+            was recomputed.
         """
         query, query_pos, spatial_shapes = self._encoder_inputs(features)
         if query.shape[0] != 1:
             raise ValueError("temporal reuse streams one frame at a time (batch 1)")
-        reference_points = pixel_centres(spatial_shapes, query.device, query.dtype)
-        total = query.shape[1]
         usable = cache is not None and cache.spatial_shapes == spatial_shapes
-        change = relative_change(query, cache.reference) if usable else None
-        mean_change = float(change.mean()) if change is not None else None
-        if change is None or needs_refresh(cache, spatial_shapes, mean_change, settings):
-            outputs = self.encoder.forward_layers(query, query_pos, reference_points, spatial_shapes)
-            new_cache = EncoderCache(query, outputs, spatial_shapes, age=0)
-            outcome = ReuseOutcome(total, total, True, mean_change if mean_change is not None else 0.0)
-        else:
-            assert cache is not None and mean_change is not None
-            kept = kept_encoder_tokens(keep_mask, grid, spatial_shapes)
-            indices = select_queries(change, kept, settings)
-            outputs = self.encoder.forward_layers(query, query_pos, reference_points, spatial_shapes, indices,
-                                                  cache.layer_outputs)
-            reference = scatter_rows(cache.reference, indices, gather_rows(query, indices))
-            new_cache = EncoderCache(reference, outputs, spatial_shapes, age=cache.age + 1)
-            outcome = ReuseOutcome(int(indices.numel()), total, False, mean_change)
-        mask_features, memories = self._outputs(features, outputs[-1], spatial_shapes)
+        change = relative_change(query, cache.reference) if cache is not None and usable else None
+        mean_change = 0.0 if change is None else float(change.mean())
+        previous = None if change is None or needs_refresh(cache, spatial_shapes, mean_change, settings) else cache
+        kept = kept_on_grids(keep_mask, grid, spatial_shapes)
+        outputs, reference, queries = self._reuse_encoder(query, query_pos, spatial_shapes, change, kept, settings,
+                                                          previous)
+        memories = self._memories(outputs[-1], spatial_shapes)
+        merged = self._fpn_input(features, memories)
+        rows, cols = tile_grid(merged.shape[-2], merged.shape[-1], FPN_TILE)
+        conv, fpn_reference, tiles = self._reuse_fpn(merged, kept_on_grids(keep_mask, grid, [(rows, cols)]), settings,
+                                                     previous)
+        output_conv = self.output_convs[0]
+        # The GroupNorm's statistics are the whole map's, so it (and what follows) runs densely.
+        mask_features = self.mask_feature(output_conv.act(output_conv.gn(conv)))
+        age = 0 if previous is None else previous.age + 1
+        new_cache = PixelDecoderCache(reference, outputs, spatial_shapes, fpn_reference, conv, age)
+        outcome = ReuseOutcome(queries, query.shape[1], tiles * FPN_TILE**2, rows * cols * FPN_TILE**2,
+                               previous is None, mean_change)
         return mask_features, memories, new_cache, outcome
+
+    def _reuse_encoder(self, query: Tensor, query_pos: Tensor, spatial_shapes: list[tuple[int, int]],
+                       change: Tensor | None, kept: Tensor | None, settings: TemporalReuse,
+                       previous: PixelDecoderCache | None) -> tuple[list[Tensor], Tensor, int]:
+        """Every encoder layer's output [1, N, C], the new change reference [1, N, C] and the
+        queries recomputed per layer; all of them when `previous` is None (a refresh)."""
+        reference_points = pixel_centres(spatial_shapes, query.device, query.dtype)
+        if previous is None:
+            return self.encoder.forward_layers(query, query_pos, reference_points, spatial_shapes), query, query.shape[1]
+        assert change is not None
+        indices = select_queries(change, kept, settings)
+        outputs = self.encoder.forward_layers(query, query_pos, reference_points, spatial_shapes, indices,
+                                              previous.layer_outputs)
+        reference = scatter_rows(previous.reference, indices, gather_rows(query, indices))
+        return outputs, reference, int(indices.numel())
+
+    def _reuse_fpn(self, merged: Tensor, kept: Tensor | None, settings: TemporalReuse,
+                   previous: PixelDecoderCache | None) -> tuple[Tensor, Tensor, int]:
+        """The FPN convolution's output [1, C, H/4, W/4] (before its GroupNorm) on the tiles that
+        changed or that the ViT kept, the previous frame's elsewhere; the new change reference;
+        the tiles computed. All tiles when `previous` is None."""
+        conv = self.output_convs[0].conv
+        if previous is None:
+            rows, cols = tile_grid(merged.shape[-2], merged.shape[-1], FPN_TILE)
+            return conv(merged), merged, rows * cols
+        chosen = select_queries(tile_change(merged, previous.fpn_reference, FPN_TILE), kept, settings)
+        output = scatter_tiles(previous.fpn_conv, FPN_TILE, chosen, conv_tiles(conv, merged, FPN_TILE, chosen))
+        reference = scatter_tiles(previous.fpn_reference, FPN_TILE, chosen, take_tiles(merged, FPN_TILE, chosen))
+        return output, reference, int(chosen.numel())
 
     def _encoder_inputs(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         """The encoder's tokens [B, N, C] and positional + level encodings [B, N, C] of all levels
@@ -254,18 +286,26 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def _outputs(self, features: Sequence[Tensor], memory: Tensor, spatial_shapes: list[tuple[int, int]]
                  ) -> tuple[Tensor, list[Tensor]]:
         """The encoder output [B, N, C] split into maps, and the FPN step (see `forward`)."""
+        memories = self._memories(memory, spatial_shapes)
+        mask_features = self.mask_feature(self.output_convs[0](self._fpn_input(features, memories)))
+        return mask_features, memories
+
+    @staticmethod
+    def _memories(memory: Tensor, spatial_shapes: list[tuple[int, int]]) -> list[Tensor]:
+        """The encoder output [B, N, C] as maps [B, C, H_l, W_l] (coarsest first)."""
         batch, _, channels = memory.shape
         # Memories and the FPN step stay channels-last: a level's tokens [B, H*W, C] *are* an
         # NHWC map, so the memories are views (no transpose copy per level), the decoder's
         # flatten(2).transpose(1, 2) of them is a view again, and oneDNN runs the stride-4 3x3
         # convolution channels-last about 15 % faster than NCHW (measured on an AVX-512 CPU).
-        memories = [
+        return [
             level_tokens.view(batch, height, width, channels).permute(0, 3, 1, 2)
             for level_tokens, (height, width) in zip(
                 memory.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes
             )
         ]
+
+    def _fpn_input(self, features: Sequence[Tensor], memories: list[Tensor]) -> Tensor:
+        """The stride-4 lateral map plus the upsampled finest memory: [B, C, H/4, W/4]."""
         lateral = self.lateral_convs[0](features[0].contiguous(memory_format=torch.channels_last))
-        merged = lateral + F.interpolate(memories[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-        mask_features = self.mask_feature(self.output_convs[0](merged))
-        return mask_features, memories
+        return lateral + F.interpolate(memories[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)

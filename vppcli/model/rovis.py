@@ -16,7 +16,7 @@ from vppcli.config import VppConfig
 from vppcli.model.backbone import BackboneOutput, SelectiveViTAdapter, TemporalCache
 from vppcli.model.mask2former import HeadOutput, Mask2FormerHead
 from vppcli.model.pruning import PruningPlan
-from vppcli.model.temporal_reuse import EncoderCache, ReuseOutcome, TemporalReuse
+from vppcli.model.temporal_reuse import PixelDecoderCache, ReuseOutcome, TemporalReuse
 from vppcli.profiling import SectionTimer, timed
 
 
@@ -27,7 +27,7 @@ class FrameOutput:
 
     head: HeadOutput
     backbone: BackboneOutput
-    reuse_cache: EncoderCache | None = None
+    reuse_cache: PixelDecoderCache | None = None
     reuse: ReuseOutcome | None = None
 
 
@@ -48,7 +48,7 @@ class VppModel(nn.Module):
         timer: SectionTimer | None = None,
         return_intermediate: bool = False,
         reuse: TemporalReuse | None = None,
-        reuse_cache: EncoderCache | None = None,
+        reuse_cache: PixelDecoderCache | None = None,
     ) -> FrameOutput:
         """
         Args:

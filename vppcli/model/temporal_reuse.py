@@ -16,7 +16,12 @@ et al., ICCV 2023, applied to a deformable encoder):
   after a shot cut (the mean change of the frame above `cut_threshold`), so errors cannot
   accumulate.
 
-The model holds no state: the previous frame's `EncoderCache` comes in and the new one goes out;
+The stride-4 FPN convolution (3x3, the largest single layer of the pixel decoder) does the same
+on `FPN_TILE`-pixel tiles of its input map (`vppcli.model.tile_conv`): tiles the ViT kept or
+whose input changed are convolved, the others keep the previous frame's convolution output, and
+the GroupNorm and the rest run on the whole map.
+
+The model holds no state: the previous frame's `PixelDecoderCache` comes in and the new one goes out;
 the caller (`vppcli.inference.VideoState`) keeps it.
 """
 
@@ -30,6 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
+
+# Side of the FPN's reuse tiles in stride-4 pixels (2x2 ViT patches); it divides every padded
+# stride-4 map, whose sides are multiples of 32 / 4.
+FPN_TILE = 8
 
 
 @dataclass(frozen=True)
@@ -58,44 +67,53 @@ class TemporalReuse:
 
 
 @dataclass
-class EncoderCache:
-    """The previous frame's encoder states (batch 1), all bounded by one frame.
+class PixelDecoderCache:
+    """The previous frame's pixel-decoder states (batch 1), all bounded by one frame.
 
     reference: [1, N, C] encoder input of each token as of its last recomputation.
     layer_outputs: per encoder layer, [1, N, C] its output (the next layer's input).
     spatial_shapes: [(H_l, W_l)] the cache belongs to (coarsest first).
+    fpn_reference: [1, C, H/4, W/4] FPN convolution input of each tile as of its last recomputation.
+    fpn_conv: [1, C, H/4, W/4] the FPN convolution's output (before its GroupNorm).
     age: frames since the last refresh.
     """
 
     reference: Tensor
     layer_outputs: list[Tensor]
     spatial_shapes: list[tuple[int, int]]
+    fpn_reference: Tensor
+    fpn_conv: Tensor
     age: int
 
     def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.reference, *self.layer_outputs))
+        tensors = (self.reference, *self.layer_outputs, self.fpn_reference, self.fpn_conv)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass(frozen=True)
 class ReuseOutcome:
-    """What the mode did on one frame: `computed` of `total` encoder queries per layer were
-    recomputed; `refreshed` = a dense frame; `change` = the frame's mean relative change."""
+    """What the mode did on one frame: `computed` of `total` encoder queries per layer and
+    `fpn_pixels` of `fpn_total` stride-4 pixels of the FPN convolution were recomputed;
+    `refreshed` = a dense frame; `change` = the frame's mean relative encoder-input change."""
 
     computed: int
     total: int
+    fpn_pixels: int
+    fpn_total: int
     refreshed: bool
     change: float
 
 
-def kept_encoder_tokens(keep_mask: Tensor | None, grid: tuple[int, int],
+def kept_on_grids(keep_mask: Tensor | None, grid: tuple[int, int],
                         spatial_shapes: list[tuple[int, int]]) -> Tensor | None:
-    """The ViT's stride-16 keep mask on the encoder's levels.
+    """The ViT's stride-16 keep mask on other grids (the encoder's levels, the FPN's tiles).
 
     Args:
         keep_mask: [1, N16] bool tokens the last ViT block processed (None = all).
-        grid: (H, W) stride-16 grid; spatial_shapes: the encoder levels (strides 32, 16, 8).
+        grid: (H, W) stride-16 grid; spatial_shapes: the target grids, e.g. the encoder levels
+            (strides 32, 16, 8).
     Returns:
-        [N] bool over the encoder tokens (levels concatenated coarsest first), None = all.
+        [N] bool over the grids' cells (concatenated in order), None = all.
     """
     if keep_mask is None:
         return None
@@ -143,7 +161,7 @@ def select_queries(change: Tensor, kept: Tensor | None, settings: TemporalReuse)
     return priority.topk(count, sorted=False).indices.sort().values
 
 
-def needs_refresh(cache: EncoderCache | None, spatial_shapes: list[tuple[int, int]], change: float | None,
+def needs_refresh(cache: PixelDecoderCache | None, spatial_shapes: list[tuple[int, int]], change: float | None,
                   settings: TemporalReuse) -> bool:
     """A dense frame: no usable cache, the refresh period is over, or a shot cut."""
     if cache is None or cache.spatial_shapes != spatial_shapes:
