@@ -121,6 +121,17 @@ def test_each_bad_input_is_reported_once_and_the_others_are_written(inputs: list
     assert [v["video_id"] for v in summary["videos"]] == [1, 4, 5]
 
 
+def test_more_shards_than_inputs_leave_ranks_idle(inputs: list[str], weights: Path, runs: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    one, _ = runs
+    done = CliRunner().invoke(app, ["segment", inputs[4], "-o", str(tmp_path), "--weights", str(weights), *SETTINGS,
+                                    *FORMATS, "--shards", "2"])  # rank 1 has nothing to do
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[:-1] == [line for line in stdout_of(one)[0] if json.loads(line)["video"] == "lines"]
+    masks = {name: data for name, data in files(one).items() if name.startswith("lines/masks/")}
+    assert masks and {name: data for name, data in files(tmp_path).items() if name in masks} == masks
+
+
 def test_torchrun_ranks_give_the_outputs_of_one_process(inputs: list[str], weights: Path, runs: tuple[Path, Path],
                                                         tmp_path: Path) -> None:
     one, _ = runs
