@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import moving_clip
+from typer.testing import CliRunner
 
+from vppcli.cli import app
 from vppcli.config import preset
 from vppcli.efficiency import EfficiencyMeter, ReuseFrameStats
 from vppcli.inference import VideoPredictor
@@ -17,6 +19,7 @@ from vppcli.model.rovis import VppModel, build_model
 from vppcli.model.temporal_reuse import TemporalReuse, kept_on_grids, relative_change, select_queries
 from vppcli.model.tile_conv import conv_tiles, scatter_tiles, take_tiles
 from vppcli.results import FrameStats
+from vppcli.segmenter import Segmenter
 
 LONG_SIDE = 96  # 64x96 frames: a 4x6 patch grid, 6 + 24 + 96 = 126 encoder tokens
 ENCODER_TOKENS = 126
@@ -205,3 +208,22 @@ def test_change_is_scale_free_and_zero_for_the_same_input():
 def test_invalid_settings_are_refused(settings):
     with pytest.raises(ValueError):
         TemporalReuse(**settings)
+
+
+def test_segmenter_passes_the_mode_through(model):
+    settings = TemporalReuse(budget=0.2)
+    assert Segmenter(model, reuse=settings).predictor.reuse is settings
+    assert Segmenter(model).predictor.reuse is None  # off by default
+
+
+@pytest.mark.parametrize("command", ["segment", "bench"])
+def test_cli_option_is_off_by_default_and_checked(command):
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(app, [command, "--help"]).stdout.replace("│", " ").split())
+    assert "--reuse BUDGET" in help_text and "[default: (off)]" in help_text
+    refresh = TemporalReuse().refresh_every
+    assert f"every {refresh} frames" in help_text  # the help states the real defaults
+    assert f"{TemporalReuse().change_threshold:.0%}" in help_text.replace(" %", "%")
+    args = [command, "clip.mp4"] if command == "segment" else [command]
+    result = runner.invoke(app, [*args, "--reuse", "0"])
+    assert result.exit_code == 2 and "reuse budget must be in (0, 1]" in result.stderr

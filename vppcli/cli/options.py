@@ -69,7 +69,7 @@ def _reuse_budget(value: float | None) -> float | None:
 ReuseBudget = Annotated[float | None, typer.Option(
     "--reuse", callback=_reuse_budget, metavar="BUDGET",
     help="Sparse temporal reuse in the pixel decoder: recompute at most this fraction (0 to 1] of its "
-    "encoder tokens per frame (those the ViT keeps, then those changed by 5 % or more, most changed "
-    "first) and reuse the previous frame's elsewhere; a dense refresh every 16 frames and after a "
-    "shot cut.",
+    "encoder tokens and FPN tiles per frame (those the ViT keeps, then those changed by 5 % or more, "
+    "most changed first) and reuse the previous frame's elsewhere; a dense refresh every 16 frames "
+    "and after a shot cut.",
     show_default="off")]

@@ -1,6 +1,7 @@
-"""Sparse temporal reuse for the pixel decoder's deformable encoder (opt-in, inference only).
+"""Sparse temporal reuse in the pixel decoder: its deformable encoder and its stride-4 FPN
+convolution (opt-in, inference only).
 
-VPP prunes only the ViT blocks; the pixel decoder's encoder stays dense and dominates the cost.
+VPP prunes only the ViT blocks; the pixel decoder stays dense and dominates the cost.
 In this mode a frame recomputes only some of the encoder's multi-scale query tokens and reuses
 the previous frame's encoder states for the others (the idea of Eventful Transformers, Dutson
 et al., ICCV 2023, applied to a deformable encoder):
@@ -21,8 +22,8 @@ on `FPN_TILE`-pixel tiles of its input map (`vppcli.model.tile_conv`): tiles the
 whose input changed are convolved, the others keep the previous frame's convolution output, and
 the GroupNorm and the rest run on the whole map.
 
-The model holds no state: the previous frame's `PixelDecoderCache` comes in and the new one goes out;
-the caller (`vppcli.inference.VideoState`) keeps it.
+The model holds no state: the previous frame's `PixelDecoderCache` comes in and the new one goes
+out; the caller (`vppcli.inference.VideoState`) keeps it.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ FPN_TILE = 8
 class TemporalReuse:
     """Settings of the sparse temporal reuse mode (None where a setting is taken = the mode is off).
 
-    budget: largest fraction of the encoder's query tokens recomputed per frame, in (0, 1].
-    change_threshold: relative input change (per-token mean |delta| over the frame's mean |input|)
-        from which a token counts as changed; 0 = every token is a candidate.
+    budget: largest fraction of the encoder's query tokens (and of the FPN's tiles) recomputed per
+        frame, in (0, 1].
+    change_threshold: relative input change (`relative_change`) from which a token or tile counts
+        as changed; 0 = every one is a candidate (then budget 1 recomputes everything).
     cut_threshold: mean relative change of a frame above which it is a shot cut (refreshed).
     refresh_every: a dense frame every this many frames (1 = always dense).
     """
@@ -168,7 +170,10 @@ def needs_refresh(cache: PixelDecoderCache | None, spatial_shapes: list[tuple[in
         return True
     if cache.age + 1 >= settings.refresh_every:
         return True
-    return change is not None and change > settings.cut_threshold
+    if change is not None and change > settings.cut_threshold:
+        logger.debug("shot cut (mean input change %.3f > %.3f): dense refresh", change, settings.cut_threshold)
+        return True
+    return False
 
 
 def gather_rows(tokens: Tensor, indices: Tensor) -> Tensor:
