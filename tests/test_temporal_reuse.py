@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import moving_clip
+from helpers import dense_twin, moving_clip
 from typer.testing import CliRunner
 
 from vppcli.cli import app
@@ -227,3 +227,11 @@ def test_cli_option_is_off_by_default_and_checked(command):
     args = [command, "clip.mp4"] if command == "segment" else [command]
     result = runner.invoke(app, [*args, "--reuse", "0"])
     assert result.exit_code == 2 and "reuse budget must be in (0, 1]" in result.stderr
+
+
+def test_a_static_clip_without_keep_masks_recomputes_nothing(model, monkeypatch):
+    # A dense model hands out no keep masks, so only changed tokens and tiles are candidates.
+    frame = moving_clip(1)[0]
+    heads, stats, _ = run(dense_twin(model), [frame] * 3, TemporalReuse(budget=0.5), monkeypatch, keep_ratio=None)
+    assert [(s.encoder_queries, s.fpn_pixels) for s in stats] == [(ENCODER_TOKENS, FPN_TILES * 64), (0, 0), (0, 0)]
+    assert torch.equal(heads[2].mask_logits, heads[0].mask_logits)  # all reused: exactly the first frame's

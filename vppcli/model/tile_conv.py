@@ -8,7 +8,6 @@ the halo is the neighbourhood, and the map's zero padding is the halo at its bor
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,8 +43,10 @@ def scatter_tiles(base: Tensor, tile: int, indices: Tensor, tiles: Tensor) -> Te
     """A copy of `base` [1, C, H, W] with the tiles `indices` [M] replaced by `tiles` [M, C, T, T]."""
     _, channels, height, width = base.shape
     rows, cols = tile_grid(height, width, tile)
-    out = base.clone(memory_format=torch.contiguous_format)
-    grid = out[0].view(channels, rows, tile, cols, tile).permute(1, 3, 0, 2, 4)  # a view of `out`
+    # The clone keeps the layout of `base` (channels-last, from the FPN), so what follows runs
+    # the same kernels on reused maps as on fresh ones; splitting H and W is a view in any layout.
+    out = base.clone()
+    grid = out[0].view(channels, rows, tile, cols, tile).permute(1, 3, 0, 2, 4)
     grid[indices // cols, indices % cols] = tiles.to(out.dtype)
     return out
 
