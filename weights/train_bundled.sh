@@ -3,6 +3,9 @@
 # dense training, VPP fine-tuning at a patch keep ratio of 0.5, fp16 export. Every step resumes
 # where it stopped: run the same command again after an interruption.
 #
+# Status: a first CPU run (3,000 dense steps) learnt masks but not yet the classes (validation AP 0);
+# see benchmarks/README.md, "Bundled-model training". More steps (a GPU) or a larger --size are next.
+#
 #   bash weights/train_bundled.sh [WORK_DIR]      (default WORK_DIR: runs/bundled)
 #
 # Environment: VPP (the vpp command, default .venv/bin/vpp), DENSE_STEPS, VPP_STEPS, DEVICE, and
