@@ -53,7 +53,7 @@ KeepRatio = Annotated[float | None, typer.Option(
     help="Patch keep ratio in (1/12, 1]; omit to prune as trained, 1 = dense.", show_default="as trained")]
 Weights = Annotated[str | None, typer.Option(
     help="Checkpoint file or registered name (see `vpp weights list`).",
-    show_default="vpp-compact, the bundled model (synthetic shape categories only)")]
+    show_default="vpp-compact, the bundled model, where installed; not shipped yet")]
 PresetOption = Annotated[Preset | None, typer.Option(
     "--preset", help="A preset architecture with random weights instead of --weights; for testing only.",
     show_default=False)]

@@ -151,7 +151,8 @@ def segment(
 ) -> None:
     """Segment, classify and track every object in videos, with Video Patch Pruning.
 
-    Runs the bundled model (synthetic shape categories only) unless --weights names another. Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json,
+    Needs a model: --weights FILE_OR_NAME, or --preset NAME for random weights (testing only);
+    without either it runs the bundled model vpp-compact where installed (not shipped yet). Writes OUTPUT_DIR/NAME/{overlay.mp4, ytvis.json,
     coco.json, masks/, pruning.mp4, pruning.jsonl} (overlay.png, pruning.png for an image input)
     atomically, into NAME-2/, NAME-3/, ... when an earlier run is in NAME/ (unless --exist-ok);
     jsonl goes to stdout, one line per frame. Progress and the summary go to stderr.

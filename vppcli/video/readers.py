@@ -14,6 +14,7 @@ on an error it hands the rest of the video to OpenCV, which stops at the damaged
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import importlib
 import logging
@@ -67,10 +68,30 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(sink)
 
 
+AV_LOG_QUIET = -8
+
+
+def quiet_libav() -> None:
+    """Set the log level of every libavutil in the process (decord's and OpenCV's bundle their
+    own) to quiet. The silenced blocks alone leave a gap: a decoder thread decoding ahead can
+    complain between two of them. Linux only (reads /proc/self/maps); elsewhere the blocks remain."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return
+    libraries = {line.split()[-1] for line in maps.splitlines() if "/libavutil" in line}
+    for library in sorted(libraries):
+        try:
+            ctypes.CDLL(library).av_log_set_level(AV_LOG_QUIET)
+        except (OSError, AttributeError) as error:
+            logger.debug("cannot quieten %s: %s", library, error)
+
+
 def open_capture(path: Path) -> cv2.VideoCapture:
     # ffmpeg inside OpenCV logs every damaged macroblock; the user gets our line instead.
     with native_stderr_silenced():
         capture = cv2.VideoCapture(str(path))
+        quiet_libav()  # after the open: OpenCV sets ffmpeg's level when it first opens a file
     if not capture.isOpened():
         raise InputError(f"cannot read video {path}: not a video, no frames, truncated, or an unsupported codec")
     return capture
@@ -102,6 +123,7 @@ class DecordSource(FrameSource):
         try:
             with native_stderr_silenced():
                 self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+                quiet_libav()
                 num_frames = len(self._reader)
                 fps = usable_fps(float(self._reader.get_avg_fps()), path)
         except (RuntimeError, decord.DECORDError) as error:
