@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from vppcli.config import preset
-from vppcli.efficiency import ReuseFrameStats, reuse_counts
 from vppcli.inference import VideoPredictor
 from vppcli.kernel_bench import compare_deform_attn, matmul_gflops
 from vppcli.model.flops import frame_flops
@@ -142,10 +141,10 @@ def _run(model: torch.nn.Module, frames: list[np.ndarray], warmup: int, keep_rat
         assert stats is not None
         tokens += stats.tokens_per_block
         num_tokens = stats.num_tokens
-        encoder_queries, fpn_pixels = reuse_counts(stats)
+        encoder_queries, fpn_pixels = stats.encoder_queries, stats.fpn_pixels
         encoder_fraction += 1.0 if encoder_queries is None else encoder_queries / encoder_tokens
         fpn_fraction += 1.0 if fpn_pixels is None else fpn_pixels / ((height // 4) * (width // 4))
-        refreshes += int(isinstance(stats, ReuseFrameStats) and stats.reuse_refreshed)
+        refreshes += int(stats.reuse_refreshed)
         for name, value in frame_flops(model.config, stats.padded_size, stats.tokens_per_block,
                                        stats.num_track_queries, stats.map_candidates,
                                        encoder_queries, fpn_pixels).as_gflops().items():

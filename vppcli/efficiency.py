@@ -19,29 +19,6 @@ from vppcli.results import FrameStats
 GFLOPS_PARTS = ("vit_blocks", "backbone", "head", "total")
 
 
-# A subclass rather than a field of `FrameStats` (vppcli/results.py) only to keep this change in
-# the files of the temporal-reuse work; the field belongs there.
-@dataclass
-class ReuseFrameStats(FrameStats):
-    """`FrameStats` of a frame run with temporal reuse: `encoder_queries` of the pixel decoder's
-    encoder tokens were recomputed in every encoder layer and `fpn_pixels` stride-4 pixels by the
-    FPN convolution (all of them on a refresh, `reuse_refreshed`); `reuse_change`: the frame's mean
-    relative encoder-input change (0 without a previous frame)."""
-
-    encoder_queries: int | None = None
-    fpn_pixels: int | None = None
-    reuse_refreshed: bool = False
-    reuse_change: float = 0.0
-
-
-def reuse_counts(stats: FrameStats) -> tuple[int | None, int | None]:
-    """(encoder queries per layer, FPN convolution pixels) a frame computed, for
-    `frame_flops`; None = all (temporal reuse off)."""
-    if isinstance(stats, ReuseFrameStats):
-        return stats.encoder_queries, stats.fpn_pixels
-    return None, None
-
-
 @dataclass
 class EfficiencyMeter:
     """Running sums over frames. `keep_sums[b]` adds each frame's kept fraction of block b, so
@@ -60,7 +37,7 @@ class EfficiencyMeter:
             self.keep_sums = [0.0] * len(fractions)
         self.keep_sums = [total + f for total, f in zip(self.keep_sums, fractions)]
         gflops = frame_flops(config, stats.padded_size, stats.tokens_per_block, stats.num_track_queries,
-                             stats.map_candidates, *reuse_counts(stats)).as_gflops()
+                             stats.map_candidates, stats.encoder_queries, stats.fpn_pixels).as_gflops()
         for part in GFLOPS_PARTS:
             self.gflops_sums[part] += gflops[part]
         self.frames += 1

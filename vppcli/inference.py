@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from vppcli.config import PreprocessConfig, VppConfig
-from vppcli.efficiency import ReuseFrameStats
 from vppcli.model.backbone import BackboneOutput, TemporalCache
 from vppcli.model.postprocess import detections_from_predictions
 from vppcli.model.pruning import PruningPlan, distance_prior, image_based_fractions, keep_budgets
@@ -175,15 +174,12 @@ class VideoPredictor:
         state.reuse_cache = output.reuse_cache
         state.tracks.add(instances)
         pruning = self._pruning_masks(output.backbone, geometry) if state.record_masks else None
-        stats_args = (output.backbone.tokens_per_block, grid[0] * grid[1], output.backbone.map_candidates,
-                      geometry.padded_size, num_track_queries, pruning)
-        if output.reuse is None:
-            instances.stats = FrameStats(*stats_args)
-        else:
-            instances.stats = ReuseFrameStats(*stats_args, encoder_queries=output.reuse.computed,
-                                              fpn_pixels=output.reuse.fpn_pixels,
-                                              reuse_refreshed=output.reuse.refreshed,
-                                              reuse_change=output.reuse.change)
+        reuse = output.reuse
+        reuse_stats = {} if reuse is None else {"encoder_queries": reuse.computed, "fpn_pixels": reuse.fpn_pixels,
+                                                "reuse_refreshed": reuse.refreshed, "reuse_change": reuse.change}
+        instances.stats = FrameStats(output.backbone.tokens_per_block, grid[0] * grid[1],
+                                     output.backbone.map_candidates, geometry.padded_size, num_track_queries,
+                                     pruning, **reuse_stats)
         state.frame_index += 1
         return instances
 

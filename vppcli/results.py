@@ -60,6 +60,13 @@ class FrameStats:
     padded_size: tuple[int, int] = (0, 0)  # (Hp, Wp) network input, for `flops.frame_flops`
     num_track_queries: int = 0  # track queries fed to the decoder this frame
     pruning: PruningMasks | None = None  # per-block keep masks, only when recorded
+    # Temporal reuse (None/False/0 with it off): pixel-decoder encoder queries recomputed per layer
+    # and stride-4 pixels the FPN convolution computed (None = all), whether the frame was a dense
+    # refresh, and its mean relative encoder-input change (0 without a previous frame).
+    encoder_queries: int | None = None
+    fpn_pixels: int | None = None
+    reuse_refreshed: bool = False
+    reuse_change: float = 0.0
 
     @property
     def keep_ratio(self) -> float:
