@@ -33,6 +33,12 @@ class Failure:
     error: str
     exit_code: int
 
+    @classmethod
+    def reported(cls, path: str, error: VppError) -> Failure:
+        """The failure of input `path`, after its one error line on stderr."""
+        error_line(str(error))
+        return cls(path, str(error), error.exit_code)
+
 
 @dataclass(frozen=True)
 class PlannedInput:
@@ -74,8 +80,7 @@ class RunOutcome:
         return self.failures[0].exit_code if self.failures else EXIT_OK
 
     def fail(self, path: str, error: VppError) -> Failure:
-        error_line(str(error))
-        failure = Failure(path, str(error), error.exit_code)
+        failure = Failure.reported(path, error)
         self.failures.append(failure)
         return failure
 
@@ -179,8 +184,7 @@ def segment_inputs(segmenter: Segmenter, inputs: Sequence[PlannedInput], setting
         try:
             shard.videos.append(_segment_one(segmenter, item, settings, stream))
         except VppError as error:
-            error_line(str(error))
-            shard.failures[item.video_id] = Failure(item.path, str(error), error.exit_code)
+            shard.failures[item.video_id] = Failure.reported(item.path, error)
         finally:
             if isinstance(stream, io.StringIO):  # lines before a failure too: stdout would have had them
                 shard.jsonl[item.video_id] = stream.getvalue()
