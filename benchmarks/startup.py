@@ -41,7 +41,8 @@ def measure(root: Path, runs: int) -> dict[str, float]:
             times = []
             for _ in range(runs):
                 started = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "vppcli", *args], check=False, cwd=root, env=env, capture_output=True)
+                subprocess.run([sys.executable, "-m", "vppcli", *args], check=False, cwd=root, env=env,
+                               capture_output=True)
                 times.append(time.perf_counter() - started)
             medians[" ".join(command)] = round(statistics.median(times), 3)
     return medians

@@ -167,8 +167,9 @@ def resolve_weights(weights: str | Path) -> Path:
     if isinstance(entry, OfficialWeights):
         raise CheckpointError(f"weights {text} are not downloaded yet; run: vpp weights download {text}")
     if isinstance(entry, BundledWeights):
-        raise CheckpointError(f"the bundled model {text} is not in this installation ({text}{SUFFIX} is in none of "
-                              f"{', '.join(str(d) for d in bundled_dirs())}); `vpp weights list` shows the models there are")
+        raise CheckpointError(f"the bundled model {text} is not in this installation ({text}{SUFFIX} is in none "
+                              f"of {', '.join(str(d) for d in bundled_dirs())}); `vpp weights list` shows the "
+                              "models there are")
     raise CheckpointError(
         f"{text!r} is neither a checkpoint file nor a known model name{_suggestion(text)}; "
         "`vpp weights list` shows the names"
